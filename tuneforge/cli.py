@@ -3,7 +3,7 @@
     tuneforge models prepare                          # embedded default -> safetensors (once)
     tuneforge data validate data/demo/train.jsonl     # every problem, with file, line and example id
     tuneforge data prepare configs/demo-cpu.yaml      # tokenized train/validation splits
-    tuneforge data stats configs/demo-cpu.yaml        # counts, token lengths, truncation
+    tuneforge data stats configs/demo-cpu.yaml --show 1   # counts, lengths, an example's loss mask
     tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
 
 Commands print a table for people, then one JSON line for scripts. Errors name the file, line, key or
@@ -85,7 +85,7 @@ def _prepare(args: argparse.Namespace):
 
     recipe = _recipe_for(args.target, args.overrides)
     tokenizer = _tokenizer_for(recipe)
-    return recipe, DatasetPreprocessor(tokenizer, recipe.data).prepare()
+    return recipe, tokenizer, DatasetPreprocessor(tokenizer, recipe.data).prepare()
 
 
 def _print_stats(stats: dict) -> None:
@@ -122,7 +122,7 @@ def _print_stats(stats: dict) -> None:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    recipe, prepared = _prepare(args)
+    recipe, _, prepared = _prepare(args)
     out = Path(args.output or Path(recipe.training.output_dir) / "data")
     prepared.save(out)
     _print_stats(prepared.stats)
@@ -131,15 +131,34 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def marked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The decoded example with the tokens that carry loss between >>> and <<<."""
+    from itertools import groupby
+
+    from tuneforge.data.templates import IGNORE_INDEX
+
+    parts = []
+    pairs = zip(input_ids, labels, strict=True)
+    for trained, group in groupby(pairs, key=lambda pair: pair[1] != IGNORE_INDEX):
+        text = tokenizer.decode([tok for tok, _ in group])
+        parts.append(f">>>{text}<<<" if trained else text)
+    return "".join(parts)
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from tuneforge.data.stats import histogram
 
-    _, prepared = _prepare(args)
+    _, tokenizer, prepared = _prepare(args)
     stats = prepared.stats
     _print_stats(stats)
     lengths = list(prepared.train["length"]) + list(prepared.validation["length"])
     print("\ntokens per example:")
     print(histogram(lengths))
+    if args.show:
+        print("\nloss is computed on the text between >>> and <<<:")
+        for row in prepared.train.select(range(min(args.show, len(prepared.train)))):
+            print(f"--- {row['id']} ({row['length']} tokens)")
+            print(marked_text(tokenizer, row["input_ids"], row["labels"]))
     _json_line({k: v for k, v in stats.items() if k != "config"})
     return 0
 
@@ -282,9 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="counts and token-length distribution",
         description="Prepare in memory and print example counts, the split, truncation and "
         "a token-length\nhistogram, then one JSON line.",
-        epilog="example:\n  tuneforge data stats configs/demo-cpu.yaml",
+        epilog="example:\n  tuneforge data stats configs/demo-cpu.yaml --show 2",
     )
     _add_target(p)
+    p.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print N prepared examples, marking the tokens that carry loss",
+    )
     p.set_defaults(func=cmd_data_stats)
 
     models = sub.add_parser(
@@ -310,7 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="cache folder (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge)")
     p.add_argument("--force", action="store_true", help="convert the embedded default again")
     p.set_defaults(func=cmd_models_prepare)
-    p = msub.add_parser("list", help="show the embedded default and where it is cached")
+    p = msub.add_parser(
+        "list",
+        formatter_class=fmt,
+        help="show the embedded default and where it is cached",
+        description="Show the embedded default model, whether it has been converted, and the cache folder.",
+        epilog="example:\n  tuneforge models list --cache-dir /tmp/tf",
+    )
     p.add_argument("--cache-dir", help="cache folder")
     p.set_defaults(func=cmd_models_list)
 
@@ -325,12 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="print the merged recipe as YAML",
         formatter_class=fmt,
+        description="Print the recipe that a command would run: defaults < RECIPE < KEY=VALUE overrides.",
         epilog="example:\n  tuneforge config show configs/demo-cpu.yaml lora.r=8",
     )
     p.add_argument("recipe", nargs="?", help="recipe file (default: built-in defaults)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. lora.r=8")
     p.set_defaults(func=cmd_config_show)
-    p = csub.add_parser("keys", help="every key, its default and one line on what it does")
+    p = csub.add_parser(
+        "keys",
+        formatter_class=fmt,
+        help="every key, its default and one line on what it does",
+        description="List every recipe key with its default and its one-line docstring.",
+        epilog="example:\n  tuneforge config keys training",
+    )
     p.add_argument("section", nargs="?", help="only this section (model, data, lora, training, ...)")
     p.set_defaults(func=cmd_config_keys)
     return parser

@@ -67,11 +67,11 @@ class PreparedData:
         return folder
 
 
-def raise_problems(source: str, problems: list[str], what: str) -> None:
+def raise_problems(source: str, problems: list[str], headline: str) -> None:
     shown = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     raise DatasetError(
-        f"{source}: {len(problems)} {what}:\n  {shown}{more}\n"
+        f"{source}: {headline}:\n  {shown}{more}\n"
         "Fix them, or set data.on_invalid=skip to drop these examples (they are listed in the report).",
         problems,
     )
@@ -132,7 +132,11 @@ class DatasetPreprocessor:
         if not loaded.problems:
             return
         if self.config.on_invalid == "error":
-            raise_problems(loaded.source, loaded.problems, "problems in the dataset")
+            raise_problems(
+                loaded.source,
+                loaded.problems,
+                f"{len(loaded.problems)} problems in {len(loaded.invalid_ids)} invalid examples",
+            )
         log.warning(
             "skipping %d invalid examples of %s (data.on_invalid=skip): %s",
             len(loaded.invalid_ids),
@@ -237,7 +241,11 @@ class DatasetPreprocessor:
         bar.close()
         if template_problems:
             if cfg.on_invalid == "error":
-                raise_problems(loaded.source, template_problems, "examples the chat template cannot render")
+                raise_problems(
+                    loaded.source,
+                    template_problems,
+                    f"{len(template_problems)} examples the chat template cannot render",
+                )
             log.warning("skipping %d examples the chat template cannot render", len(template_problems))
         train = datasets.Dataset.from_dict(rows["train"])
         validation = datasets.Dataset.from_dict(rows["validation"])

@@ -24,7 +24,7 @@ FILE_TYPES = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-_ID_IN_TEXT = re.compile(r'"id"\s*:\s*"?([\w.:-]+)')
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')
 # Columns that hold lists of messages; in a CSV they arrive as JSON text.
 JSON_COLUMNS = ("messages", "conversations")
 
@@ -120,20 +120,25 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as e:
-                seen = _ID_IN_TEXT.search(line)
-                yield Record(
-                    index,
-                    loc,
-                    None,
-                    f"malformed JSON: {e.msg} (column {e.colno})",
-                    seen.group(1) if seen else None,
-                )
+                error = f"malformed JSON: {e.msg} (column {e.colno})"
+                yield Record(index, loc, None, error, _salvage_id(line))
             else:
                 if isinstance(data, dict):
                     yield Record(index, loc, data)
                 else:
                     yield Record(index, loc, None, f"expected a JSON object, got {_json_type(data)}")
             index += 1
+
+
+def _salvage_id(line: str) -> str | None:
+    """The "id" of a line that is not valid JSON as a whole, when its id token itself is intact."""
+    match = _ID_IN_TEXT.search(line)
+    if not match:
+        return None
+    try:
+        return str(json.loads(match.group(1)))
+    except json.JSONDecodeError:
+        return None
 
 
 def _read_json(path: Path) -> Iterator[Record]:

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random model with the embedded default's real tokenizer, and data writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_rows(path: Path, rows: list[dict], kind: str | None = None) -> Path:
+    """Write `rows` as JSONL, JSON, CSV or Parquet (chosen by `kind` or the suffix of `path`)."""
+    kind = kind or path.suffix.lstrip(".")
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    elif kind == "json":
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    elif kind == "csv":
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+    elif kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tuneforge.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def alpaca(n: int, prefix: str = "ex") -> list[dict]:
+    return [
+        {"id": f"{prefix}-{i}", "instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
+        for i in range(n)
+    ]

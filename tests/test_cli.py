@@ -1,0 +1,130 @@
+"""The `tuneforge` command: help texts, exit codes, error messages and the data commands end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, alpaca, write_rows
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def json_line(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("tuneforge") or str(Path(sys.executable).parent / "tuneforge")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("tuneforge ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["data"],
+        ["data", "validate"],
+        ["data", "prepare"],
+        ["data", "stats"],
+        ["models"],
+        ["models", "prepare"],
+        ["models", "list"],
+        ["config"],
+        ["config", "show"],
+        ["config", "keys"],
+    ],
+)
+def test_every_command_explains_itself(args):
+    out = run(*args, "--help")
+    assert out.returncode == 0 and "usage: tuneforge" in out.stdout
+    description = out.stdout.split("\n\n")[1]  # the paragraph after the usage line
+    assert not description.startswith(("positional arguments", "options")), out.stdout
+    if len(args) == 2 or not args:  # commands that do something show an example
+        assert "example" in out.stdout
+
+
+def test_validate_reports_malformed_line_7_and_missing_output(tmp_path):
+    rows = alpaca(10)
+    path = write_rows(tmp_path / "train.jsonl", rows)
+    lines = path.read_text().splitlines()
+    lines[6] = '{"id": "ex-6", "instruction": "Add." "output": "1"}'
+    lines[8] = json.dumps({"id": "ex-8", "instruction": "Add."})
+    path.write_text("\n".join(lines) + "\n")
+    out = run("data", "validate", str(path))
+    assert out.returncode == 1
+    assert f"{path}:7: example id 'ex-6': malformed JSON" in out.stdout
+    assert f"{path}:9: example id 'ex-8': field 'output': missing" in out.stdout
+    assert json_line(out.stdout)["invalid_ids"] == ["ex-6", "ex-8"]
+
+
+def test_validate_clean_file_exits_zero():
+    out = run("data", "validate", "data/demo/train.jsonl", "data/demo/test.jsonl")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json_line(out.stdout)["invalid"] == 0
+
+
+def test_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
+    out = run("data", "validate", str(tmp_path / "missing.jsonl"))
+    assert out.returncode == 2 and "error:" in out.stderr and "file not found" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run("config", "show", "configs/demo-cpu.yaml", "lora.rank=4")
+    assert out.returncode == 2 and "did you mean 'lora.r'" in out.stderr
+
+
+def test_config_show_applies_overrides():
+    out = run("config", "show", "configs/demo-cpu.yaml", "training.learning_rate=1e-5")
+    assert out.returncode == 0 and "learning_rate: 1.0e-05" in out.stdout
+    out = run("config", "show", "lora.r=4")  # defaults only
+    assert out.returncode == 0 and "r: 4" in out.stdout
+
+
+def test_config_keys_lists_keys_with_docs():
+    out = run("config", "keys", "lora")
+    assert out.returncode == 0 and "lora.r " in out.stdout and "LoRA rank" in out.stdout
+
+
+def test_prepare_and_stats_on_a_tiny_model(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", [*alpaca(30), {"id": "bad"}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model:\n  name_or_path: {tiny_model_dir}\ndata:\n  train_file: {data}\n"
+        f"  on_invalid: skip\ntraining:\n  output_dir: {tmp_path / 'run'}\n"
+    )
+    out = run("data", "prepare", str(recipe), "data.max_seq_length=128")
+    assert out.returncode == 0, out.stderr
+    result = json_line(out.stdout)
+    assert result["invalid_ids"] == ["bad"] and result["train_examples"] + result["validation_examples"] == 30
+    assert (tmp_path / "run" / "data" / "train" / "dataset_info.json").is_file()
+    assert json.loads((tmp_path / "run" / "data" / "stats.json").read_text())["max_seq_length"] == 128
+    out = run("data", "stats", str(recipe), "--show", "1")
+    assert out.returncode == 0 and "tokens per example:" in out.stdout and " | #" in out.stdout
+    shown = out.stdout.split("loss is computed on the text between >>> and <<<:\n")[1]
+    # the alpaca rows answer "Add i and i+1." with 2i+1: only that answer and the end marker are marked
+    assert shown.count(">>>") == 1 and "<|im_start|>user\nAdd" in shown
+    assert shown.split(">>>")[1].split("<<<")[0].rstrip("\n").endswith("<|im_end|>")
+    # a data file alone runs with the default recipe, pointed at a model by override
+    out = run("data", "stats", str(data), f"model.name_or_path={tiny_model_dir}", "data.on_invalid=skip")
+    assert out.returncode == 0 and json_line(out.stdout)["valid"] == 30
+
+
+def test_prepare_stops_on_invalid_examples_by_default(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", [*alpaca(3), {"id": "bad"}])
+    out = run(
+        "data",
+        "prepare",
+        str(data),
+        f"model.name_or_path={tiny_model_dir}",
+        f"training.output_dir={tmp_path / 'run'}",
+    )
+    assert out.returncode == 2 and "example id 'bad'" in out.stderr and "data.on_invalid=skip" in out.stderr
+    assert not (tmp_path / "run").exists()

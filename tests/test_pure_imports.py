@@ -1,0 +1,28 @@
+"""Pure modules (config, formats, statistics, templates, errors) and the CLI entry import no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PURE = [
+    "tuneforge.config",
+    "tuneforge.errors",
+    "tuneforge.data.formats",
+    "tuneforge.data.readers",
+    "tuneforge.data.split",
+    "tuneforge.data.stats",
+    "tuneforge.data.templates",
+    "tuneforge.data.preprocessor",
+    "tuneforge.models.resolve",
+    "tuneforge.cli",
+]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_module_imports_without_torch(module):
+    code = f"import sys, {module}; print([m for m in ('torch', 'transformers') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"{module} imports {out.stdout.strip()}"
