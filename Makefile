@@ -30,9 +30,9 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(BIN)/tuneforge models prepare
-	$(BIN)/tuneforge data validate data/demo/train.jsonl
+	$(BIN)/tuneforge data validate data/demo/train.jsonl data/demo/test.jsonl
 	$(BIN)/tuneforge data prepare $(RECIPE)
-	$(BIN)/tuneforge data stats $(RECIPE)
+	$(BIN)/tuneforge data stats $(RECIPE) --show 1
 
 lint: install-dev
 	$(BIN)/ruff check .
