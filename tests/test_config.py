@@ -158,3 +158,9 @@ def test_sampling_params_checks_stop_strings():
 def test_flatten_keeps_every_key():
     flat = flatten(recipe_to_dict(Recipe()))
     assert set(flat) == set(all_keys())
+
+
+def test_yaml_no_is_read_as_the_string_no(tmp_path):
+    # YAML 1.1 reads a bare `no` as false; strategy fields take the string.
+    recipe = load_recipe(write(tmp_path, "training:\n  eval_strategy: no\n"), ["training.save_strategy=no"])
+    assert (recipe.training.eval_strategy, recipe.training.save_strategy) == ("no", "no")

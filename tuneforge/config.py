@@ -202,8 +202,13 @@ class TrainingConfig:
     """QLoRA: load the base model in 4 bits (see the quantization section)."""
     seed: int = 42
     """Seed for initialisation and data order."""
+    stop_on_divergence: bool = True
+    """Stop cleanly (with a checkpoint) when the loss turns NaN/inf or jumps far above its running level."""
+    divergence_factor: float = 10.0
+    """A logged loss above this many times the running median of recent losses counts as divergence."""
 
     def __post_init__(self):
+        _check("divergence_factor", self.divergence_factor > 1, "> 1", self.divergence_factor)
         _check("output_dir", bool(self.output_dir), "a folder path", self.output_dir)
         _check("num_train_epochs", self.num_train_epochs > 0, "> 0", self.num_train_epochs)
         _check("max_steps", self.max_steps == -1 or self.max_steps > 0, "-1 or > 0", self.max_steps)
@@ -225,6 +230,18 @@ class TrainingConfig:
         _check_choice("eval_strategy", self.eval_strategy, ("no", "steps", "epoch"))
         _check_choice("save_strategy", self.save_strategy, ("no", "steps", "epoch"))
         _check("save_total_limit", self.save_total_limit >= 1, ">= 1", self.save_total_limit)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Track runs in MLflow."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; None uses $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder."""
+    experiment: str = "tuneforge"
+    """MLflow experiment name."""
+    log_checkpoints: bool = True
+    """Upload each checkpoint's adapter to the run as an artifact."""
 
 
 @dataclass
@@ -304,6 +321,8 @@ class Recipe:
     """4-bit settings used when training.use_quantization is true (QLoRA)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     """Optimisation, precision, checkpoints and logging."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow experiment tracking."""
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     """Serving engine settings."""
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -416,8 +435,9 @@ def _dotted(d: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def _lists_from_strings(layer: dict) -> dict:
-    """Accept a single string where a list of strings is expected (target_modules: all-linear)."""
+def _normalise_layer(layer: dict) -> dict:
+    """Accept a single string where a list of strings is expected (target_modules: all-linear), and
+    YAML 1.1's reading of `no` as false where a string is expected (eval_strategy: no)."""
     for section, cls in SECTIONS.items():
         values = layer.get(section)
         if not isinstance(values, dict):
@@ -426,12 +446,14 @@ def _lists_from_strings(layer: dict) -> dict:
         for name, value in values.items():
             if hints.get(name) == list[str] and isinstance(value, str):
                 values[name] = [value]
+            elif hints.get(name) is str and isinstance(value, bool):
+                values[name] = "yes" if value else "no"
     return layer
 
 
 def _merge(base, layer: dict, source: str):
     """Merge one layer into the typed config, turning OmegaConf errors into ConfigError."""
-    layer = _lists_from_strings(layer)
+    layer = _normalise_layer(layer)
     try:
         return OmegaConf.merge(base, OmegaConf.create(layer))
     except OmegaConfBaseException as e:

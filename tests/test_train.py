@@ -1,0 +1,298 @@
+"""Training end to end on a tiny model: tracking, resume, faults, packing, export, QLoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import TrainerCallback
+
+from tuneforge.config import LoRAConfig, TrainingConfig, all_keys, load_recipe
+from tuneforge.errors import ModelLoadError
+from tuneforge.train.callbacks import DivergenceCallback
+from tuneforge.train.checkpoints import last_good_checkpoint
+from tuneforge.train.trainer import LoRATrainer, TrainingError, oom_advice, run_training
+
+
+def recipe_for(tiny_model_dir, data_file, tmp_path, *overrides):
+    return load_recipe(
+        None,
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data.train_file={data_file}",
+            "data.max_seq_length=64",
+            "data.validation_fraction=0.25",
+            f"training.output_dir={tmp_path / 'run'}",
+            "training.max_steps=2",
+            "training.per_device_train_batch_size=2",
+            "training.gradient_accumulation_steps=1",
+            "training.logging_steps=1",
+            "training.save_strategy=steps",
+            "training.save_steps=1",
+            "training.eval_strategy=steps",
+            "training.eval_steps=2",
+            "training.learning_rate=1e-2",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            *overrides,
+        ],
+    )
+
+
+def run_of(recipe):
+    client = MlflowClient(recipe.tracking.tracking_uri)
+    run_file = os.path.join(recipe.training.output_dir, "mlflow_run.json")
+    with open(run_file) as f:
+        run_id = json.load(f)["run_id"]
+    return client, client.get_run(run_id)
+
+
+def test_a_run_is_fully_tracked(tiny_model_dir, small_data_file, tmp_path):
+    recipe = recipe_for(tiny_model_dir, small_data_file, tmp_path)
+    assert recipe.training.fp16  # the default fp16: true must not break a CPU run
+    outcome = run_training(recipe)
+    client, run = run_of(recipe)
+    assert run.info.status == "FINISHED" and outcome.run_id == run.info.run_id
+    params = run.data.params
+    assert set(all_keys()) <= set(params)  # every hyperparameter of the recipe, flattened
+    assert params["training.learning_rate"] == "0.01" and params["lora.r"] == "16"
+    assert len(params["dataset.sha256"]) == 64
+    assert int(params["dataset.train_examples"]) + int(params["dataset.validation_examples"]) == 16
+    assert params["env.torch"] == torch.__version__
+    for metric in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss"):
+        assert client.get_metric_history(run.info.run_id, metric), metric
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert {"final/train_loss", "final/eval_loss"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"adapter", "checkpoints", "dataset", "recipe.yaml"} <= artifacts
+    adapter_files = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_model.safetensors" in adapter_files
+    assert (outcome.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_resume_continues_the_same_run_from_the_last_checkpoint(tiny_model_dir, small_data_file, tmp_path):
+    first = run_training(recipe_for(tiny_model_dir, small_data_file, tmp_path))
+    recipe = recipe_for(tiny_model_dir, small_data_file, tmp_path, "training.max_steps=4")
+    second = run_training(recipe, resume="always")
+    assert second.run_id == first.run_id and second.global_step == 4
+    client, run = run_of(recipe)
+    assert run.data.tags["resumed_from"] == "checkpoint-2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_model_dir, small_data_file, tmp_path):
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
+        run_training(recipe_for(tiny_model_dir, small_data_file, tmp_path), resume="always")
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(
+    tiny_model_dir, small_data_file, tmp_path, caplog
+):
+    run_training(recipe_for(tiny_model_dir, small_data_file, tmp_path))
+    newest = tmp_path / "run" / "checkpoint-2" / "adapter_model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # half-written
+    assert last_good_checkpoint(tmp_path / "run").name == "checkpoint-1"
+    assert "checkpoint-2 is corrupt or incomplete" in caplog.text
+    (tmp_path / "run" / "checkpoint-1" / "optimizer.pt").unlink()  # incomplete
+    assert last_good_checkpoint(tmp_path / "run") is None
+
+
+class Poison(TrainerCallback):
+    """Makes the model produce NaN from a given step on, as a diverging run would."""
+
+    def __init__(self, model, at_step):
+        self.model, self.at_step = model, at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    if "lora_B" in name:
+                        p.fill_(float("nan"))
+
+
+def test_divergence_stops_cleanly_with_a_checkpoint(tiny_model_dir, train_data, tmp_path, caplog):
+    trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
+    model = trainer.prepare_model()
+    cfg = TrainingConfig(
+        output_dir=str(tmp_path),
+        max_steps=8,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        fp16=False,
+    )
+    outcome = trainer.train(train_data[0], None, cfg, callbacks=[Poison(model, 2)])
+    assert outcome.stopped_early == "divergence" and outcome.global_step == 3
+    assert (tmp_path / "checkpoint-3").is_dir()  # saved even with save_strategy=no
+    assert "divergence at step 3: loss is nan" in caplog.text
+
+
+def test_divergence_detects_spikes_and_can_only_warn():
+    class Control:
+        should_save = should_training_stop = False
+
+    class State:
+        global_step = 5
+
+    cb, control = DivergenceCallback(factor=10, stop=True), Control()
+    for loss in (1.0, 1.1, 0.9, 1.0):
+        cb.on_log(None, State, control, logs={"loss": loss})
+    assert not control.should_training_stop
+    cb.on_log(None, State, control, logs={"loss": 50.0})
+    assert control.should_training_stop and control.should_save and "running median" in cb.reason
+    warn_only, control = DivergenceCallback(stop=False), Control()
+    warn_only.on_log(None, State, control, logs={"loss": float("inf")})
+    assert warn_only.diverged_at == 5 and not control.should_training_stop
+
+
+class CtrlC(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tiny_model_dir, train_data, tmp_path):
+    trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
+    trainer.prepare_model()
+    cfg = TrainingConfig(
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        gradient_accumulation_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        fp16=False,
+    )
+    outcome = trainer.train(train_data[0], None, cfg, callbacks=[CtrlC()])
+    assert outcome.stopped_early == "interrupted" and outcome.global_step <= 2
+    assert last_good_checkpoint(tmp_path) is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+class Explode(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise RuntimeError("disk on fire")
+
+
+def test_a_failing_run_is_marked_failed_and_keeps_its_checkpoints(
+    tiny_model_dir, small_data_file, tmp_path, monkeypatch
+):
+    original = LoRATrainer.train
+    monkeypatch.setattr(
+        LoRATrainer, "train", lambda self, *a, **kw: original(self, *a, **kw, callbacks=[Explode()])
+    )
+    recipe = recipe_for(tiny_model_dir, small_data_file, tmp_path, "training.max_steps=4")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_training(recipe)
+    _, run = run_of(recipe)
+    assert run.info.status == "FAILED" and "disk on fire" in run.data.tags["error"]
+    assert "final/global_step" in run.data.metrics
+    assert (tmp_path / "run" / "checkpoint-1").is_dir()
+
+
+def test_out_of_memory_says_what_to_lower(tiny_model_dir, small_data_file, tmp_path, monkeypatch):
+    import transformers
+
+    def oom(*a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.Trainer, "train", oom)
+    recipe = recipe_for(tiny_model_dir, small_data_file, tmp_path)
+    with pytest.raises(TrainingError) as e:
+        run_training(recipe)
+    msg = str(e.value)
+    assert "per_device_train_batch_size=2" in msg and "gradient_checkpointing=true" in msg
+    assert "use_quantization=true" in msg and "max_seq_length" in msg
+    assert run_of(recipe)[1].info.status == "FAILED"
+
+
+def test_oom_advice_leaves_out_what_is_already_on():
+    msg = oom_advice(TrainingConfig(gradient_checkpointing=True, use_quantization=True), None)
+    assert "gradient_checkpointing" not in msg and "use_quantization" not in msg
+
+
+def test_a_model_that_cannot_be_loaded_is_named(small_data_file, tmp_path):
+    recipe = recipe_for(tmp_path / "no-model", small_data_file, tmp_path)
+    with pytest.raises(ModelLoadError, match="no-model"):
+        run_training(recipe)
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir, train_data):
+    trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
+    model = trainer.prepare_model().eval()
+    rows = [train_data[0][i] for i in range(3)]
+    packed = trainer.collator(packing=True)([{k: r[k] for k in ("input_ids", "labels")} for r in rows])
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_export_merges_in_the_base_dtype(tmp_path, train_data):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.models.tiny import build_tiny_model
+    from tuneforge.train.export import export_merged
+
+    base_dir = tmp_path / "bf16-base"
+    build_tiny_model(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).to(torch.bfloat16)
+    model.save_pretrained(base_dir)  # a bf16 checkpoint, as 7B models ship
+    trainer = LoRATrainer(str(base_dir), LoRAConfig(r=2))
+    trainer.prepare_model()
+    trainer.train(
+        train_data[0],
+        None,
+        TrainingConfig(
+            output_dir=str(tmp_path / "run"),
+            max_steps=1,
+            per_device_train_batch_size=2,
+            save_strategy="no",
+            eval_strategy="no",
+            fp16=False,
+            learning_rate=1e-1,
+        ),
+    )
+    out = export_merged(tmp_path / "run" / "adapter", tmp_path / "merged")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([train_data[0][0]["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(
+            merged(ids).logits.float(), trainer.model(input_ids=ids).logits.float(), atol=0.1
+        )
+
+
+def test_qlora_run_end_to_end(tiny_model_dir, small_data_file, tmp_path):
+    recipe = recipe_for(
+        tiny_model_dir,
+        small_data_file,
+        tmp_path,
+        "training.use_quantization=true",
+        "quantization.compute_dtype=float32",
+        "training.save_strategy=no",
+        "training.eval_strategy=no",
+    )
+    outcome = run_training(recipe)
+    saved = json.loads((outcome.adapter_dir / "quantization_config.json").read_text())
+    assert saved["load_in_4bit"] and saved["bnb_4bit_quant_type"] == "nf4"
+    reloaded = LoRATrainer(str(tiny_model_dir), recipe.lora, recipe.model, recipe.quantization).load_adapter(
+        outcome.adapter_dir
+    )
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in reloaded.modules())

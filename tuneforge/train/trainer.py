@@ -1,0 +1,353 @@
+"""LoRATrainer (design component 2) and the `tuneforge train` workflow.
+
+    tuneforge train configs/demo-cpu.yaml training.max_steps=20
+
+Built on transformers' Trainer and PEFT: gradient accumulation with correctly normalised loss, schedules,
+evaluation, checkpoints that restore optimizer, scheduler, RNG and data order. tuneforge adds the recipe,
+padding-free packing, MLflow tracking, divergence and Ctrl-C handling, checkpoint validation, and errors
+that say what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneforge.config import (
+    LoRAConfig,
+    ModelConfig,
+    QuantizationConfig,
+    Recipe,
+    TrainingConfig,
+    dump_recipe,
+    flatten,
+    recipe_to_dict,
+)
+from tuneforge.errors import TuneforgeError
+from tuneforge.train.builders import (
+    build_lora_config,
+    build_quantization_config,
+    choose_precision,
+    load_base_model,
+)
+
+log = logging.getLogger(__name__)
+RUN_FILE = "mlflow_run.json"  # the MLflow run id of a run folder, so a resume continues the same run
+ADAPTER_META = "tuneforge_adapter.json"
+
+
+class TrainingError(TuneforgeError):
+    """Training could not run or continue; the message says what to change."""
+
+
+@dataclass
+class TrainOutcome:
+    adapter_dir: Path
+    global_step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    stopped_early: str | None = None  # "divergence" or "interrupted"
+    run_id: str | None = None
+
+
+class LoRATrainer:
+    """Load a base model, add LoRA (or QLoRA) adapters, train them, save and reload them."""
+
+    def __init__(
+        self,
+        base_model_name: str,
+        lora_config: LoRAConfig,
+        model_config: ModelConfig | None = None,
+        quantization: QuantizationConfig | None = None,
+    ):
+        self.reference = base_model_name
+        self.lora_config = lora_config
+        self.model_config = model_config or ModelConfig(name_or_path=base_model_name)
+        self.quantization = quantization or QuantizationConfig()
+        self.use_quantization = False
+        self.model = None
+        self.tokenizer = None
+        self.trainer = None
+
+    # ------------------------------------------------------------------ model
+
+    def load_tokenizer(self):
+        from tuneforge.models.resolve import load_tokenizer
+
+        if self.tokenizer is None:
+            m = self.model_config
+            self.tokenizer = load_tokenizer(self.reference, m.cache_dir, m.revision, m.trust_remote_code)
+        return self.tokenizer
+
+    def prepare_model(self, use_quantization: bool = False, gradient_checkpointing: bool = False):
+        """Load the base model (4-bit under QLoRA) and wrap it with LoRA adapters: a PeftModel."""
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        from tuneforge.models.resolve import resolve_model
+
+        self.load_tokenizer()
+        ref = resolve_model(self.reference, self.model_config.cache_dir)
+        self.use_quantization = use_quantization
+        quant = build_quantization_config(self.quantization) if use_quantization else None
+        model = load_base_model(ref.path, self.model_config, quant, self.reference)
+        if use_quantization:
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.config.use_cache = False  # the KV cache is useless in training and wastes memory
+        self.model = get_peft_model(model, build_lora_config(self.lora_config))
+        return self.model
+
+    # ------------------------------------------------------------------ training
+
+    def training_arguments(self, cfg: TrainingConfig, has_eval: bool):
+        from transformers import TrainingArguments
+
+        precision = choose_precision(cfg)
+        eval_strategy = cfg.eval_strategy if has_eval else "no"
+        return TrainingArguments(
+            output_dir=cfg.output_dir,
+            num_train_epochs=cfg.num_train_epochs,
+            max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler_type,
+            warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            bf16=precision.bf16,
+            fp16=precision.fp16,
+            use_cpu=precision.device == "cpu",
+            logging_steps=cfg.logging_steps,
+            eval_strategy=eval_strategy,
+            eval_steps=cfg.eval_steps,
+            save_strategy=cfg.save_strategy,
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            seed=cfg.seed,
+            report_to="none",  # tracking is ours (TrackingCallback), so it also works on resume
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",
+            logging_nan_inf_filter=False,  # the default hides NaN/inf losses; divergence must see them
+            disable_tqdm=False,
+        )
+
+    def collator(self, packing: bool):
+        """Padding-free packing (examples concatenated, position ids restarting at each one, so attention
+        never crosses examples), or ordinary padding with -100 labels on the padding."""
+        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+        if packing:
+            return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        return DataCollatorForSeq2Seq(self.load_tokenizer(), padding=True, label_pad_token_id=-100)
+
+    def train(
+        self,
+        train_dataset,
+        eval_dataset,
+        training_args: TrainingConfig,
+        tracker=None,
+        resume_from: str | Path | None = None,
+        log_checkpoints: bool = True,
+        callbacks: list | None = None,
+    ) -> TrainOutcome:
+        """Train the adapters; returns where the final adapter is and the final metrics.
+
+        `callbacks` are extra transformers TrainerCallbacks (tests use them to watch steps)."""
+        import torch
+        from transformers import Trainer
+
+        from tuneforge.train.callbacks import DivergenceCallback, InterruptCallback, TrackingCallback
+
+        if self.model is None:
+            self.prepare_model(training_args.use_quantization, training_args.gradient_checkpointing)
+        keep = ["input_ids", "labels"]
+        train_dataset = train_dataset.select_columns(keep)
+        has_eval = eval_dataset is not None and len(eval_dataset) > 0
+        eval_dataset = eval_dataset.select_columns(keep) if has_eval else None
+        divergence = DivergenceCallback(training_args.divergence_factor, training_args.stop_on_divergence)
+        interrupt = InterruptCallback()
+        self.trainer = Trainer(
+            model=self.model,
+            args=self.training_arguments(training_args, has_eval),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=self.collator(training_args.packing),
+            processing_class=self.load_tokenizer(),
+            callbacks=[TrackingCallback(tracker, log_checkpoints), divergence, interrupt, *(callbacks or [])],
+        )
+        try:
+            result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except torch.OutOfMemoryError as e:
+            raise TrainingError(oom_advice(training_args, self.trainer.args)) from e
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        if has_eval and divergence.diverged_at is None:
+            metrics.update(self.final_eval_metrics())
+        adapter_dir = Path(training_args.output_dir) / "adapter"
+        if self.trainer.is_world_process_zero():
+            self.save_adapter(adapter_dir)
+        stopped = (
+            "divergence"
+            if divergence.diverged_at is not None
+            else "interrupted"
+            if interrupt.interrupted
+            else None
+        )
+        return TrainOutcome(adapter_dir, self.trainer.state.global_step, metrics, stopped)
+
+    def final_eval_metrics(self) -> dict[str, float]:
+        """Validation metrics at the last step: reused when the Trainer just evaluated, else computed."""
+        history = self.trainer.state.log_history
+        last = next((h for h in reversed(history) if "eval_loss" in h), None)
+        if last is None or last.get("step") != self.trainer.state.global_step:
+            last = self.trainer.evaluate()
+        return {k: float(v) for k, v in last.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+
+    # ------------------------------------------------------------------ adapters
+
+    def save_adapter(self, output_path: str | Path) -> Path:
+        """Adapter weights and config only (no base weights); under QLoRA also the 4-bit config."""
+        out = Path(output_path)
+        self.model.save_pretrained(out)
+        self.load_tokenizer().save_pretrained(out)
+        meta = {"base_model": self.reference, "lora": vars(self.lora_config).copy(), "quantization": None}
+        if self.use_quantization:
+            quant = build_quantization_config(self.quantization).to_dict()
+            (out / "quantization_config.json").write_text(json.dumps(quant, indent=2, default=str) + "\n")
+            meta["quantization"] = quant
+        (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        return out
+
+    def load_adapter(self, adapter_path: str | Path):
+        """The base model with a saved adapter applied (quantized again if it was trained with QLoRA)."""
+        from peft import PeftModel
+
+        meta_path = Path(adapter_path) / ADAPTER_META
+        quantized = meta_path.is_file() and json.loads(meta_path.read_text()).get("quantization") is not None
+        from tuneforge.models.resolve import resolve_model
+
+        ref = resolve_model(self.reference, self.model_config.cache_dir)
+        quant = build_quantization_config(self.quantization) if quantized else None
+        base = load_base_model(ref.path, self.model_config, quant, self.reference)
+        self.model = PeftModel.from_pretrained(base, str(adapter_path))
+        return self.model
+
+
+def oom_advice(cfg: TrainingConfig, args) -> str:
+    """What to lower after running out of memory, with the current values."""
+    tips = [
+        f"training.per_device_train_batch_size={cfg.per_device_train_batch_size} (lower it and raise "
+        f"training.gradient_accumulation_steps={cfg.gradient_accumulation_steps} to keep the batch)",
+        "data.max_seq_length (shorter sequences)",
+    ]
+    if not cfg.gradient_checkpointing:
+        tips.append("training.gradient_checkpointing=true (currently false)")
+    if not cfg.use_quantization:
+        tips.append("training.use_quantization=true (QLoRA: 4-bit base weights)")
+    return "out of memory during training. Lower: " + "; ".join(tips)
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+def environment() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor()})"
+    return {
+        "env.python": platform.python_version(),
+        "env.torch": torch.__version__,
+        "env.transformers": transformers.__version__,
+        "env.peft": peft.__version__,
+        "env.device": device,
+        "env.cuda_devices": str(torch.cuda.device_count()),
+    }
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs, and on rank 0 under torchrun / accelerate launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
+    """Prepare data, train, track: the whole `tuneforge train` (resume: auto, always or never).
+
+    Under `torchrun` / `accelerate launch` every rank runs this; only rank 0 writes files and tracks."""
+    from tuneforge.data import DatasetPreprocessor
+    from tuneforge.train.checkpoints import last_good_checkpoint
+
+    main = is_main_process()
+    run_dir = Path(recipe.training.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = last_good_checkpoint(run_dir) if resume != "never" else None
+    if resume == "always" and checkpoint is None:
+        raise TrainingError(f"--resume: {run_dir} has no complete checkpoint to resume from")
+
+    trainer = LoRATrainer(recipe.model.name_or_path, recipe.lora, recipe.model, recipe.quantization)
+    prepared = DatasetPreprocessor(trainer.load_tokenizer(), recipe.data).prepare()
+    if main:
+        prepared.save(run_dir / "data")
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+
+    tracker = None
+    if recipe.tracking.enabled and main:
+        from tuneforge.train.tracking import ExperimentTracker
+
+        tracker = ExperimentTracker(recipe.tracking.tracking_uri)
+        previous = _previous_run_id(run_dir) if checkpoint is not None else None
+        data_stats = {k: v for k, v in prepared.stats.items() if k not in ("config", "invalid_ids")}
+        params = {**flatten(recipe_to_dict(recipe)), **environment(), **flatten(data_stats, "dataset.")}
+        run_id = tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
+        (run_dir / RUN_FILE).write_text(
+            json.dumps({"run_id": run_id, "tracking_uri": tracker.tracking_uri}) + "\n"
+        )
+        tracker.log_artifact(run_dir / "data" / "stats.json", "dataset")
+        tracker.log_artifact(run_dir / "recipe.yaml")
+        if checkpoint is not None:
+            tracker.set_tags({"resumed_from": checkpoint.name})
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    try:
+        outcome = trainer.train(
+            prepared.train,
+            prepared.validation,
+            recipe.training,
+            tracker,
+            checkpoint,
+            recipe.tracking.log_checkpoints,
+        )
+    except BaseException as e:
+        if tracker is not None:
+            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+            state = getattr(trainer.trainer, "state", None)
+            tracker.end_run(
+                {"global_step": state.global_step} if state else {},
+                "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+            )
+        raise
+    if tracker is not None:
+        outcome.run_id = tracker.run_id
+        tracker.log_model(outcome.adapter_dir, artifact_path="adapter")
+        if outcome.stopped_early:
+            tracker.set_tags({"stopped_early": outcome.stopped_early})
+        tracker.end_run(outcome.metrics, "FINISHED", step=outcome.global_step)
+    return outcome
+
+
+def _previous_run_id(run_dir: Path) -> str | None:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("run_id")
