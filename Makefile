@@ -33,6 +33,8 @@ demo: install
 	$(BIN)/tuneforge data validate data/demo/train.jsonl data/demo/test.jsonl
 	$(BIN)/tuneforge data prepare $(RECIPE)
 	$(BIN)/tuneforge data stats $(RECIPE) --show 1
+	$(BIN)/tuneforge train $(RECIPE)
+	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -296,3 +297,28 @@ def test_qlora_run_end_to_end(tiny_model_dir, small_data_file, tmp_path):
     import bitsandbytes as bnb
 
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in reloaded.modules())
+
+
+def test_duration_and_memory_are_estimated_from_measured_steps(tiny_model_dir, train_data, tmp_path, caplog):
+    from tuneforge.train.tracking import ExperimentTracker
+
+    caplog.set_level(logging.INFO)
+    tracker = ExperimentTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start_run("estimate", {})
+    trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
+    trainer.prepare_model()
+    assert "trainable" in caplog.text and "gradients + optimizer state" in caplog.text
+    cfg = TrainingConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        fp16=False,
+    )
+    trainer.train(train_data[0], None, cfg, tracker)
+    assert "estimate: 6 steps x" in caplog.text and "peak memory" in caplog.text
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    assert metrics["estimate/seconds_per_step"] > 0 and metrics["peak_memory_gb"] > 0.05
+    assert metrics["estimate/total_seconds"] == pytest.approx(6 * metrics["estimate/seconds_per_step"])

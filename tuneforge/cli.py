@@ -167,10 +167,12 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tuneforge.train.trainer import run_training
+    from tuneforge.train.trainer import is_main_process, run_training
 
     recipe = _recipe_for(args.target, args.overrides)
     outcome = run_training(recipe, resume=args.resume)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return 0
     m = outcome.metrics
     print(f"adapter    {outcome.adapter_dir}")
     print(

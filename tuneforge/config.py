@@ -148,10 +148,13 @@ class QuantizationConfig:
     """Quantize the quantization constants too (saves about 0.4 bit per weight)."""
     compute_dtype: str = "bfloat16"
     """Dtype of the matrix products on dequantized weights: bfloat16, float16 or float32."""
+    quant_storage: str = "uint8"
+    """Container dtype of the packed 4-bit weights; set it to the compute dtype for QLoRA with FSDP."""
 
     def __post_init__(self):
         _check_choice("quant_type", self.quant_type, ("nf4", "fp4"))
         _check_choice("compute_dtype", self.compute_dtype, ("bfloat16", "float16", "float32"))
+        _check_choice("quant_storage", self.quant_storage, ("uint8", "bfloat16", "float16", "float32"))
 
 
 @dataclass

@@ -39,6 +39,7 @@ def build_quantization_config(cfg: QuantizationConfig):
         bnb_4bit_quant_type=cfg.quant_type,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, cfg.quant_storage),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import signal
 import statistics
 import time
@@ -114,3 +115,60 @@ class InterruptCallback(TrainerCallback):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+def peak_memory_gb() -> tuple[float, str]:
+    """Peak memory so far: allocated GPU memory on CUDA, else the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30, "GPU"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process RSS"  # KiB on Linux
+
+
+class EstimateCallback(TrainerCallback):
+    """After a few measured steps (the first, which warms up, excluded) print how long the run will take
+    and the peak memory so far; log both to the tracker."""
+
+    def __init__(self, tracker=None, measure_steps: int = 3):
+        self.tracker, self.measure_steps = tracker, measure_steps
+        self._start: float | None = None
+        self._start_step = 0
+        self.seconds_per_step: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._start is None:  # the first step warms up: start the clock after it
+            self._start, self._start_step = now, state.global_step
+            return
+        done = state.global_step - self._start_step
+        if self.seconds_per_step is None and done >= self.measure_steps:
+            self.seconds_per_step = (now - self._start) / done
+            remaining = max(state.max_steps - state.global_step, 0) * self.seconds_per_step
+            memory, kind = peak_memory_gb()
+            log.info(
+                "estimate: %d steps x %.2f s/step = %s in all, %s left; peak memory %.2f GB (%s)",
+                state.max_steps,
+                self.seconds_per_step,
+                _duration(state.max_steps * self.seconds_per_step),
+                _duration(remaining),
+                memory,
+                kind,
+            )
+            if self.tracker is not None:
+                self.tracker.log_metrics(
+                    {
+                        "estimate/seconds_per_step": self.seconds_per_step,
+                        "estimate/total_seconds": state.max_steps * self.seconds_per_step,
+                        "peak_memory_gb": memory,
+                    },
+                    step=state.global_step,
+                )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.tracker is not None:
+            self.tracker.log_metrics({"peak_memory_gb": peak_memory_gb()[0]}, step=state.global_step)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

@@ -104,6 +104,7 @@ class LoRATrainer:
             model.enable_input_require_grads()
         model.config.use_cache = False  # the KV cache is useless in training and wastes memory
         self.model = get_peft_model(model, build_lora_config(self.lora_config))
+        log.info("%s", describe_model(self.model))
         return self.model
 
     # ------------------------------------------------------------------ training
@@ -167,7 +168,12 @@ class LoRATrainer:
         import torch
         from transformers import Trainer
 
-        from tuneforge.train.callbacks import DivergenceCallback, InterruptCallback, TrackingCallback
+        from tuneforge.train.callbacks import (
+            DivergenceCallback,
+            EstimateCallback,
+            InterruptCallback,
+            TrackingCallback,
+        )
 
         if self.model is None:
             self.prepare_model(training_args.use_quantization, training_args.gradient_checkpointing)
@@ -184,7 +190,13 @@ class LoRATrainer:
             eval_dataset=eval_dataset,
             data_collator=self.collator(training_args.packing),
             processing_class=self.load_tokenizer(),
-            callbacks=[TrackingCallback(tracker, log_checkpoints), divergence, interrupt, *(callbacks or [])],
+            callbacks=[
+                TrackingCallback(tracker, log_checkpoints),
+                EstimateCallback(tracker),
+                divergence,
+                interrupt,
+                *(callbacks or []),
+            ],
         )
         try:
             result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -241,6 +253,21 @@ class LoRATrainer:
         base = load_base_model(ref.path, self.model_config, quant, self.reference)
         self.model = PeftModel.from_pretrained(base, str(adapter_path))
         return self.model
+
+
+def describe_model(model) -> str:
+    """Parameter counts and the memory that weights, gradients and AdamW state take before activations."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in trainable)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # each trainable parameter also holds a gradient and two AdamW moments in its own dtype
+    training_state = sum(3 * p.numel() * p.element_size() for p in trainable)
+    return (
+        f"model: {total / 1e6:.1f}M parameters ({weights / 2**30:.2f} GB of weights), {n_train / 1e6:.2f}M "
+        f"trainable ({n_train / total:.2%}); gradients + optimizer state {training_state / 2**30:.3f} GB, "
+        "plus activations"
+    )
 
 
 def oom_advice(cfg: TrainingConfig, args) -> str:
