@@ -188,7 +188,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     packing: bool = True
-    """Pack several examples into one row without letting them attend to each other."""
+    """Padding-free packing with flash-attention; with sdpa/eager, length-grouped batches instead."""
     logging_steps: int = 10
     """Log metrics every this many optimizer steps."""
     eval_strategy: str = "epoch"

@@ -38,6 +38,10 @@ from tuneforge.train.builders import (
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"  # the MLflow run id of a run folder, so a resume continues the same run
 ADAPTER_META = "tuneforge_adapter.json"
+# Attention kernels with variable-length support: a packed row costs what its examples cost separately.
+# With sdpa/eager, a packed row needs a block mask and attention over the whole row, which is slower
+# than padding examples of similar length (measured in benchmarks/RESULTS.md).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 class TrainingError(TuneforgeError):
@@ -109,6 +113,11 @@ class LoRATrainer:
 
     # ------------------------------------------------------------------ training
 
+    def packs(self, cfg: TrainingConfig) -> bool:
+        """Whether batches are packed padding-free (needs a variable-length attention kernel)."""
+        attn = getattr(self.model.config, "_attn_implementation", None) if self.model is not None else None
+        return cfg.packing and attn in VARLEN_ATTENTION
+
     def training_arguments(self, cfg: TrainingConfig, has_eval: bool):
         from transformers import TrainingArguments
 
@@ -138,6 +147,8 @@ class LoRATrainer:
             seed=cfg.seed,
             report_to="none",  # tracking is ours (TrackingCallback), so it also works on resume
             remove_unused_columns=False,
+            # without packing, batch examples of similar length together: less padding, same examples
+            train_sampling_strategy="group_by_length" if cfg.packing and not self.packs(cfg) else "random",
             include_num_input_tokens_seen="non_padding",
             logging_nan_inf_filter=False,  # the default hides NaN/inf losses; divergence must see them
             disable_tqdm=False,
@@ -188,7 +199,7 @@ class LoRATrainer:
             args=self.training_arguments(training_args, has_eval),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
-            data_collator=self.collator(training_args.packing),
+            data_collator=self.collator(self.packs(training_args)),
             processing_class=self.load_tokenizer(),
             callbacks=[
                 TrackingCallback(tracker, log_checkpoints),
