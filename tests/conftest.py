@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
+
+# Tests never use the network: huggingface_hub and datasets read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 
@@ -72,3 +77,22 @@ def train_data(tokenizer, small_data_file):
         tokenizer, DataConfig(train_file=str(small_data_file), max_seq_length=64, validation_fraction=0.25)
     ).prepare()
     return prepared.train, prepared.validation
+
+
+def quiet_training(out, **kw):
+    """A short, quiet TrainingConfig for tests: no saving, no evaluation, log every step."""
+    from tuneforge.config import TrainingConfig
+
+    base = dict(
+        output_dir=out,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        fp16=False,
+    )
+    return TrainingConfig(**{**base, **kw})

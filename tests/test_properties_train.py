@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet_training
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -26,22 +27,6 @@ SETTINGS = settings(
 )
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = st.lists(st.sampled_from(MODULES), min_size=1, max_size=7, unique=True)
-
-
-def quiet_training(out: str, **kw) -> TrainingConfig:
-    base = dict(
-        output_dir=out,
-        max_steps=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        learning_rate=1e-2,
-        warmup_ratio=0.0,
-        fp16=False,
-    )
-    return TrainingConfig(**{**base, **kw})
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import signal
 
 import pytest
 import torch
+from conftest import quiet_training
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
@@ -120,16 +121,7 @@ class Poison(TrainerCallback):
 def test_divergence_stops_cleanly_with_a_checkpoint(tiny_model_dir, train_data, tmp_path, caplog):
     trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
     model = trainer.prepare_model()
-    cfg = TrainingConfig(
-        output_dir=str(tmp_path),
-        max_steps=8,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        fp16=False,
-    )
+    cfg = quiet_training(str(tmp_path), max_steps=8, learning_rate=2e-4)
     outcome = trainer.train(train_data[0], None, cfg, callbacks=[Poison(model, 2)])
     assert outcome.stopped_early == "divergence" and outcome.global_step == 3
     assert (tmp_path / "checkpoint-3").is_dir()  # saved even with save_strategy=no
@@ -163,16 +155,7 @@ class CtrlC(TrainerCallback):
 def test_ctrl_c_saves_a_checkpoint_and_stops(tiny_model_dir, train_data, tmp_path):
     trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
     trainer.prepare_model()
-    cfg = TrainingConfig(
-        output_dir=str(tmp_path),
-        max_steps=6,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        gradient_accumulation_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        fp16=False,
-    )
+    cfg = quiet_training(str(tmp_path), max_steps=6, learning_rate=2e-4)
     outcome = trainer.train(train_data[0], None, cfg, callbacks=[CtrlC()])
     assert outcome.stopped_early == "interrupted" and outcome.global_step <= 2
     assert last_good_checkpoint(tmp_path) is not None
@@ -218,7 +201,7 @@ def test_out_of_memory_says_what_to_lower(tiny_model_dir, small_data_file, tmp_p
 
 
 def test_oom_advice_leaves_out_what_is_already_on():
-    msg = oom_advice(TrainingConfig(gradient_checkpointing=True, use_quantization=True), None)
+    msg = oom_advice(TrainingConfig(gradient_checkpointing=True, use_quantization=True))
     assert "gradient_checkpointing" not in msg and "use_quantization" not in msg
 
 

@@ -212,20 +212,18 @@ class LoRATrainer:
         try:
             result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except torch.OutOfMemoryError as e:
-            raise TrainingError(oom_advice(training_args, self.trainer.args)) from e
+            raise TrainingError(oom_advice(training_args)) from e
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if has_eval and divergence.diverged_at is None:
             metrics.update(self.final_eval_metrics())
         adapter_dir = Path(training_args.output_dir) / "adapter"
         if self.trainer.is_world_process_zero():
             self.save_adapter(adapter_dir)
-        stopped = (
-            "divergence"
-            if divergence.diverged_at is not None
-            else "interrupted"
-            if interrupt.interrupted
-            else None
-        )
+        stopped = None
+        if divergence.diverged_at is not None:
+            stopped = "divergence"
+        elif interrupt.interrupted:
+            stopped = "interrupted"
         return TrainOutcome(adapter_dir, self.trainer.state.global_step, metrics, stopped)
 
     def final_eval_metrics(self) -> dict[str, float]:
@@ -255,10 +253,10 @@ class LoRATrainer:
         """The base model with a saved adapter applied (quantized again if it was trained with QLoRA)."""
         from peft import PeftModel
 
-        meta_path = Path(adapter_path) / ADAPTER_META
-        quantized = meta_path.is_file() and json.loads(meta_path.read_text()).get("quantization") is not None
         from tuneforge.models.resolve import resolve_model
 
+        meta_path = Path(adapter_path) / ADAPTER_META
+        quantized = meta_path.is_file() and json.loads(meta_path.read_text()).get("quantization") is not None
         ref = resolve_model(self.reference, self.model_config.cache_dir)
         quant = build_quantization_config(self.quantization) if quantized else None
         base = load_base_model(ref.path, self.model_config, quant, self.reference)
@@ -281,7 +279,7 @@ def describe_model(model) -> str:
     )
 
 
-def oom_advice(cfg: TrainingConfig, args) -> str:
+def oom_advice(cfg: TrainingConfig) -> str:
     """What to lower after running out of memory, with the current values."""
     tips = [
         f"training.per_device_train_batch_size={cfg.per_device_train_batch_size} (lower it and raise "
