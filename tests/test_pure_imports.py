@@ -17,6 +17,8 @@ PURE = [
     "tuneforge.data.templates",
     "tuneforge.data.preprocessor",
     "tuneforge.models.resolve",
+    "tuneforge.eval.perplexity",
+    "tuneforge.eval.metrics",
     "tuneforge.cli",
 ]
 
