@@ -1,0 +1,73 @@
+"""Evaluation end to end on tiny models: test cases from a file, real generation, base vs fine-tuned."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import write_rows
+from transformers import AutoModelForCausalLM
+
+from tuneforge.config import SamplingParams
+from tuneforge.engines.transformers_engine import TransformersEngine, _cut_at_stop
+from tuneforge.errors import DatasetError
+from tuneforge.eval.evaluator import ModelEvaluator, load_test_cases
+from tuneforge.models.tiny import build_tiny_model
+
+
+class Recorder:
+    """Wraps a real engine and records what reached it."""
+
+    def __init__(self, engine):
+        self.engine, self.name, self.seen = engine, engine.name, []
+
+    def generate(self, prompts, sampling):
+        self.seen.extend(prompts)
+        return self.engine.generate(prompts, sampling)
+
+
+def test_identical_inputs_reach_both_real_models(tiny_model_dir, tokenizer, tmp_path, small_data_file):
+    other_dir = build_tiny_model(tmp_path / "other", seed=1)
+    cases = load_test_cases(str(small_data_file), tokenizer)
+    assert len(cases) == 16 and cases[0].reference == "1"
+    assert cases[0].prompt.endswith("<|im_start|>assistant\n") and "Add 0 and 1." in cases[0].prompt
+    base = Recorder(
+        TransformersEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, 4, "base")
+    )
+    tuned = Recorder(
+        TransformersEngine(AutoModelForCausalLM.from_pretrained(other_dir), tokenizer, 4, "tuned")
+    )
+    evaluator = ModelEvaluator(
+        ["exact_match", "token_f1", "json_valid"], SamplingParams(temperature=0, max_tokens=5)
+    )
+    result = evaluator.compare_models(base, tuned, cases)
+    assert base.seen == tuned.seen == [c.prompt for c in cases]
+    assert result["base"]["num_examples"] == result["finetuned"]["num_examples"] == 16
+    outputs = [c["prediction"] for c in result["base"]["cases"]]
+    assert all(isinstance(o, str) for o in outputs)
+    again = evaluator.evaluate_task(base, cases[:4])  # greedy: reproducible
+    assert [c["prediction"] for c in again["cases"]] == outputs[:4]
+    for name in ("exact_match", "token_f1", "json_valid"):
+        b, t = result["base"]["metrics"][name]["mean"], result["finetuned"]["metrics"][name]["mean"]
+        assert result["delta"][name] == pytest.approx(t - b)
+
+
+def test_stop_strings_cut_the_output(tiny_model_dir, tokenizer):
+    engine = TransformersEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    free = engine.generate(["Hello"], SamplingParams(temperature=0, max_tokens=8))[0]
+    assert free.strip()
+    stop = free[len(free) // 2 :]
+    cut = engine.generate(["Hello"], SamplingParams(temperature=0, max_tokens=8, stop=[stop]))[0]
+    assert cut == free[: free.find(stop)]  # everything before the stop string, which is left out
+    assert _cut_at_stop("abcSTOPdefEND", ["END", "STOP"]) == "abc"
+
+
+def test_missing_or_empty_test_data_fails_fast(tmp_path, tokenizer):
+    with pytest.raises(DatasetError, match=r"no test data: set data\.test_file"):
+        load_test_cases(None, tokenizer)
+    with pytest.raises(DatasetError, match="file not found"):
+        load_test_cases(str(tmp_path / "test.jsonl"), tokenizer)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DatasetError, match="file is empty"):
+        load_test_cases(str(tmp_path / "empty.jsonl"), tokenizer)
+    text = write_rows(tmp_path / "text.jsonl", [{"text": "just text"}])
+    with pytest.raises(DatasetError, match="no reference to score"):
+        load_test_cases(str(text), tokenizer)

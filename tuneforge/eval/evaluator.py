@@ -1,0 +1,161 @@
+"""ModelEvaluator (design component 4): task accuracy on generated outputs, and base versus fine-tuned
+on exactly the same inputs.
+
+Test cases come from a dataset file through the data stage: the prompt is the conversation up to its
+last assistant turn (rendered with the chat template, or the plain template), the reference is that
+turn. Every case is evaluated and appears in the results; a case that fails to generate or to score is
+recorded with its reason and the rest continue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.config import DataConfig, SamplingParams
+from tuneforge.data.formats import Example
+from tuneforge.data.templates import plain_generation_prompt
+from tuneforge.errors import DatasetError
+from tuneforge.eval.metrics import Metric, resolve_metric, score_case
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TestCase:
+    id: str
+    prompt: str
+    reference: str
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+def case_from_example(example: Example, tokenizer=None, chat_template: str = "auto") -> TestCase:
+    """The prompt (everything before the last assistant turn) and its reference (that turn)."""
+    if example.messages is not None:
+        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+        context, reference = example.messages[:last], example.messages[last]["content"]
+        use_template = (
+            tokenizer is not None and getattr(tokenizer, "chat_template", None) and chat_template != "plain"
+        )
+        prompt = (
+            tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+            if use_template
+            else plain_generation_prompt(context)
+        )
+        return TestCase(example.id, prompt, reference, context)
+    if example.prompt is not None:
+        return TestCase(example.id, example.prompt, example.completion or "")
+    raise DatasetError(
+        f"example {example.id}: plain text has no reference to score generation against; "
+        "task metrics need alpaca, chat, sharegpt or prompt_completion data"
+    )
+
+
+def load_test_cases(path: str | None, tokenizer=None, data: DataConfig | None = None) -> list[TestCase]:
+    """Test cases from a data file; missing or empty test data fails fast, saying what was expected."""
+    from tuneforge.data import DatasetPreprocessor
+
+    if not path:
+        raise DatasetError(
+            "no test data: set data.test_file (a .jsonl/.json/.csv/.parquet file of "
+            "alpaca, chat, sharegpt or prompt_completion examples) or pass --data"
+        )
+    config = DataConfig(**{**vars(data or DataConfig()), "train_file": path})
+    pre = DatasetPreprocessor(tokenizer, config)
+    loaded = pre.load_dataset(path)
+    pre.check(loaded)
+    return [case_from_example(e, tokenizer, config.chat_template) for e in loaded.examples]
+
+
+class ModelEvaluator:
+    def __init__(self, metrics: Sequence[str] = ("exact_match",), sampling: SamplingParams | None = None):
+        self.metric_names = list(metrics)
+        self.metrics: dict[str, Metric] = {name: resolve_metric(name) for name in self.metric_names}
+        self.sampling = sampling or SamplingParams(temperature=0.0, max_tokens=128)
+
+    def evaluate_task(self, engine, test_cases: Sequence[TestCase], progress=None) -> dict[str, Any]:
+        """Generate for every case (batched) and score every output with every metric."""
+        prompts = [c.prompt for c in test_cases]
+        start = time.perf_counter()
+        predictions, generation_errors = self._generate_all(engine, prompts, progress)
+        seconds = time.perf_counter() - start
+        cases = []
+        for case, prediction, error in zip(test_cases, predictions, generation_errors, strict=True):
+            scored = score_case(prediction, case.reference, self.metrics)
+            if error:
+                scored["errors"] = {name: f"generation failed: {error}" for name in self.metrics}
+            cases.append(
+                {
+                    "id": case.id,
+                    "prompt": case.prompt,
+                    "reference": case.reference,
+                    "prediction": prediction,
+                    **scored,
+                }
+            )
+        return {
+            "model": getattr(engine, "name", "model"),
+            "cases": cases,
+            "metrics": summarise(cases, self.metric_names),
+            "num_examples": len(cases),
+            "generation_seconds": seconds,
+            "avg_generation_length": _mean([len(p) for p in predictions if p is not None]),
+        }
+
+    def _generate_all(
+        self, engine, prompts: list[str], progress
+    ) -> tuple[list[str | None], list[str | None]]:
+        """One batched call; if it fails, case by case so one bad case does not lose the others."""
+        try:
+            out = list(engine.generate(prompts, self.sampling))
+            if progress is not None:
+                progress.update(len(prompts))
+            return out, [None] * len(prompts)
+        except Exception as batch_error:
+            log.warning("batched generation failed (%s); retrying case by case", batch_error)
+        predictions: list[str | None] = []
+        errors: list[str | None] = []
+        for prompt in prompts:
+            try:
+                predictions.append(engine.generate([prompt], self.sampling)[0])
+                errors.append(None)
+            except Exception as e:  # record and continue: every case must appear in the results
+                predictions.append(None)
+                errors.append(f"{type(e).__name__}: {e}")
+            if progress is not None:
+                progress.update(1)
+        return predictions, errors
+
+    def compare_models(self, base_engine, finetuned_engine, test_cases: Sequence[TestCase]) -> dict[str, Any]:
+        """Both models on exactly the same cases, in the same order, with the same generation settings."""
+        base = self.evaluate_task(base_engine, test_cases)
+        tuned = self.evaluate_task(finetuned_engine, test_cases)
+        delta = {
+            name: (tuned["metrics"][name]["mean"] - base["metrics"][name]["mean"])
+            if base["metrics"][name]["mean"] is not None and tuned["metrics"][name]["mean"] is not None
+            else None
+            for name in self.metric_names
+        }
+        return {
+            "base": base,
+            "finetuned": tuned,
+            "delta": delta,
+            "sampling": vars(self.sampling),
+            "case_ids": [c.id for c in test_cases],
+        }
+
+
+def summarise(cases: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per metric: mean over the cases it could score, how many it scored, how many failed."""
+    out = {}
+    for name in names:
+        values = [c["scores"][name] for c in cases if c["scores"][name] is not None]
+        out[name] = {"mean": _mean(values), "scored": len(values), "failed": len(cases) - len(values)}
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
