@@ -34,6 +34,7 @@ demo: install
 	$(BIN)/tuneforge data prepare $(RECIPE)
 	$(BIN)/tuneforge data stats $(RECIPE) --show 1
 	$(BIN)/tuneforge train $(RECIPE)
+	$(BIN)/tuneforge compare $(RECIPE) --adapter runs/demo-cpu/adapter
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
 
 lint: install-dev

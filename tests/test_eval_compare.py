@@ -71,3 +71,14 @@ def test_missing_or_empty_test_data_fails_fast(tmp_path, tokenizer):
     text = write_rows(tmp_path / "text.jsonl", [{"text": "just text"}])
     with pytest.raises(DatasetError, match="no reference to score"):
         load_test_cases(str(text), tokenizer)
+
+
+def test_models_with_different_tokenizers_are_not_comparable_by_perplexity(tokenizer):
+    import copy
+
+    from tuneforge.eval.workflow import same_tokenizer
+
+    assert same_tokenizer(tokenizer, copy.deepcopy(tokenizer))
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["<new_token>"])
+    assert not same_tokenizer(tokenizer, other)

@@ -19,6 +19,8 @@ PURE = [
     "tuneforge.models.resolve",
     "tuneforge.eval.perplexity",
     "tuneforge.eval.metrics",
+    "tuneforge.eval.report",
+    "tuneforge.eval.evaluator",
     "tuneforge.cli",
 ]
 

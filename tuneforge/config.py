@@ -247,6 +247,40 @@ class TrackingConfig:
     """Upload each checkpoint's adapter to the run as an artifact."""
 
 
+EVAL_METRICS = (
+    "exact_match",
+    "contains",
+    "token_f1",
+    "rouge_l",
+    "json_valid",
+    "json_exact",
+    "json_fields",
+    "regex",
+)
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
+    """exact_match, contains, token_f1, rouge_l, json_valid/_exact/_fields, regex, or 'module:fn'."""
+    limit: int | None = None
+    """Evaluate only the first N test cases (None: all)."""
+    batch_size: int = 8
+    """Prompts per generation batch, and examples per perplexity batch."""
+    perplexity: bool = True
+    """Also compute perplexity on the test responses (token-weighted)."""
+    output_dir: str | None = None
+    """Where reports go; None: <training.output_dir>/eval."""
+
+    def __post_init__(self):
+        for name in self.metrics:
+            if ":" not in name:
+                _check_choice("metrics", name, EVAL_METRICS)
+        _check("metrics", bool(self.metrics), "a non-empty list", self.metrics)
+        _check("limit", self.limit is None or self.limit >= 1, ">= 1 or null", self.limit)
+        _check("batch_size", self.batch_size >= 1, ">= 1", self.batch_size)
+
+
 @dataclass
 class InferenceConfig:
     model_path: str | None = None
@@ -326,6 +360,8 @@ class Recipe:
     """Optimisation, precision, checkpoints and logging."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow experiment tracking."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation metrics and limits (tuneforge eval / compare)."""
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     """Serving engine settings."""
     sampling: SamplingParams = field(default_factory=SamplingParams)

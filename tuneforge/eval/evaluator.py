@@ -148,6 +148,15 @@ class ModelEvaluator:
         }
 
 
+def deltas(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, float | None]:
+    """Fine-tuned minus base, per metric (None where either could not be computed)."""
+    out = {}
+    for name, summary in base["metrics"].items():
+        b, t = summary["mean"], tuned["metrics"][name]["mean"]
+        out[name] = t - b if b is not None and t is not None else None
+    return out
+
+
 def summarise(cases: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per metric: mean over the cases it could score, how many it scored, how many failed."""
     out = {}

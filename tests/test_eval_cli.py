@@ -1,0 +1,62 @@
+"""`tuneforge eval` and `tuneforge compare` from the command line, on tiny models."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+from mlflow.tracking import MlflowClient
+from test_train_cli import last_json, tuneforge, write_recipe
+
+
+def test_compare_writes_reports_and_logs_to_the_training_run(tiny_model_dir, small_data_file, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, small_data_file, tmp_path / "run", uri)
+    assert tuneforge("train", str(recipe), "training.max_steps=2").returncode == 0
+    overrides = [
+        f"data.test_file={small_data_file}",
+        "eval.limit=6",
+        "sampling.max_tokens=4",
+        "eval.metrics=[exact_match,token_f1]",
+        "sampling.temperature=0",
+    ]
+    out = tuneforge("compare", str(recipe), *overrides, "--adapter", str(tmp_path / "run" / "adapter"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = last_json(out.stdout)
+    assert result["base"]["num_examples"] == result["finetuned"]["num_examples"] == 6
+    assert result["base"]["perplexity"] > 1 and result["finetuned"]["perplexity"] > 1
+    assert set(result["delta"]) == {"exact_match", "token_f1"}
+    report = tmp_path / "run" / "eval"
+    saved = json.loads((report / "results.json").read_text())
+    assert saved["case_ids"] == [f"s{i}" for i in range(6)]
+    HTMLParser().feed((report / "report.html").read_text())  # parses
+    assert "| perplexity |" in (report / "report.md").read_text()
+    client = MlflowClient(uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["eval/finetuned/perplexity"] == result["finetuned"]["perplexity"]
+    assert "eval/base/exact_match" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "eval")} >= {"eval/report.html"}
+
+
+def test_eval_of_one_model_and_compare_needs_a_second(tiny_model_dir, small_data_file, tmp_path):
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model_dir,
+        small_data_file,
+        tmp_path / "run",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    out = tuneforge(
+        "eval",
+        str(recipe),
+        "eval.limit=3",
+        "sampling.max_tokens=3",
+        "sampling.temperature=0",
+        "--data",
+        str(small_data_file),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = last_json(out.stdout)
+    assert result["model"]["num_examples"] == 3 and result["mlflow_run_id"] is None
+    out = tuneforge("compare", str(recipe))
+    assert out.returncode == 2 and "--adapter" in out.stderr

@@ -1,0 +1,78 @@
+"""Property 19 of the design: the report contains every computed metric; and the files it writes."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuneforge.eval.report import generate_report
+
+NAMES = st.lists(st.from_regex(r"[a-z][a-z_]{2,14}", fullmatch=True), min_size=1, max_size=6, unique=True)
+SCORE = st.one_of(st.none(), st.floats(0, 1))
+
+
+def run_result(names, scores, model, perplexity):
+    cases = [
+        {
+            "id": f"c{i}",
+            "prompt": "p",
+            "reference": "r",
+            "prediction": None if s is None else "x",
+            "scores": {n: s for n in names},
+            "errors": {},
+        }
+        for i, s in enumerate(scores)
+    ]
+    values = [s for s in scores if s is not None]
+    mean = sum(values) / len(values) if values else None
+    return {
+        "model": model,
+        "cases": cases,
+        "num_examples": len(cases),
+        "perplexity": perplexity,
+        "metrics": {
+            n: {"mean": mean, "scored": len(values), "failed": len(scores) - len(values)} for n in names
+        },
+    }
+
+
+# Feature: llm-fine-tuning-inference, Property 19: Evaluation report completeness
+@settings(max_examples=100, deadline=None)
+@given(
+    names=NAMES,
+    base_scores=st.lists(SCORE, min_size=1, max_size=6),
+    data=st.data(),
+    ppl=st.tuples(st.floats(1, 1e4), st.floats(1, 1e4)),
+)
+def test_property_19_report_contains_every_computed_metric(names, base_scores, data, ppl):
+    tuned_scores = data.draw(st.lists(SCORE, min_size=len(base_scores), max_size=len(base_scores)))
+    base = run_result(names, base_scores, "base", ppl[0])
+    tuned = run_result(names, tuned_scores, "tuned", ppl[1])
+    delta = {
+        n: None
+        if base["metrics"][n]["mean"] is None or tuned["metrics"][n]["mean"] is None
+        else tuned["metrics"][n]["mean"] - base["metrics"][n]["mean"]
+        for n in names
+    }
+    results = {"base": base, "finetuned": tuned, "delta": delta, "sampling": {"temperature": 0.0}}
+    with tempfile.TemporaryDirectory() as out:
+        markdown = generate_report(results, out)
+        page = (Path(out) / "report.html").read_text()
+        saved = json.loads((Path(out) / "results.json").read_text())
+    for text in (markdown, page):
+        assert f"{ppl[0]:.4f}" in text and f"{ppl[1]:.4f}" in text
+        for n in names:
+            row = next(
+                line
+                for line in text.replace("</tr>", "\n").splitlines()
+                if f">{n}<" in line or f"| {n} |" in line
+            )
+            for run in (base, tuned):
+                mean = run["metrics"][n]["mean"]
+                assert (f"{mean:.4f}" if mean is not None else "n/a") in row
+    assert saved["base"]["metrics"] == base["metrics"] and saved["finetuned"]["metrics"] == tuned["metrics"]
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing to fetch
