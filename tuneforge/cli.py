@@ -4,6 +4,9 @@
     tuneforge data validate data/demo/train.jsonl     # every problem, with file, line and example id
     tuneforge data prepare configs/demo-cpu.yaml      # tokenized train/validation splits
     tuneforge data stats configs/demo-cpu.yaml --show 1   # counts, lengths, an example's loss mask
+    tuneforge train configs/demo-cpu.yaml             # LoRA/QLoRA, tracked in MLflow, resumable
+    tuneforge export runs/demo-cpu/adapter            # merged model in the base dtype
+    tuneforge compare configs/demo-cpu.yaml --adapter runs/demo-cpu/adapter   # base vs fine-tuned
     tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
 
 Commands print a table for people, then one JSON line for scripts. Errors name the file, line, key or
