@@ -76,3 +76,18 @@ def test_property_19_report_contains_every_computed_metric(names, base_scores, d
                 assert (f"{mean:.4f}" if mean is not None else "n/a") in row
     assert saved["base"]["metrics"] == base["metrics"] and saved["finetuned"]["metrics"] == tuned["metrics"]
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing to fetch
+
+
+def test_html_plots_every_scored_case_and_shows_notes(tmp_path):
+    base = run_result(["exact_match"], [0.0, 1.0, None], "base", 3.0)
+    tuned = run_result(["exact_match"], [1.0, 1.0, 0.0], "tuned", 2.0)
+    results = {
+        "base": base,
+        "finetuned": tuned,
+        "delta": {"exact_match": 0.1},
+        "notes": ["the two models have different tokenizers"],
+    }
+    markdown = generate_report(results, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<circle") == 5  # 2 base scores + 3 fine-tuned scores; a failed case has none
+    assert "different tokenizers" in page and "**Note:** the two models have different tokenizers" in markdown

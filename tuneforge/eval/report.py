@@ -73,6 +73,7 @@ def generate_report(
         ]
     else:
         lines += [f"Model: `{results['model']}`; {results['num_examples']} cases.", ""]
+    lines += [f"**Note:** {n}" for n in results.get("notes", [])] + ([""] if results.get("notes") else [])
     lines.append(head)
     for row in metric_rows(results):
         lines.append("| " + " | ".join(row if comparing else row[:2]) + " |")
@@ -92,6 +93,10 @@ def generate_report(
         (out / "report.html").write_text(render_html(results, title))
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return markdown
+
+
+def _notes_html(results: dict[str, Any]) -> str:
+    return "".join(f"<p><strong>Note:</strong> {html.escape(n)}</p>" for n in results.get("notes", []))
 
 
 def _settings(sampling: dict) -> str:
@@ -141,6 +146,36 @@ def _svg_bars(results: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _svg_cases(results: dict[str, Any], metric: str) -> str:
+    """One column per case: the base score (grey) and the fine-tuned score (blue), so wins, losses and ties
+    are visible at a glance."""
+    pairs = list(zip(results["base"]["cases"], results["finetuned"]["cases"], strict=True))
+    step = max(4, min(14, 900 // max(len(pairs), 1)))
+    width, height, top = 60 + step * len(pairs), 150, 10
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" role="img">',
+        f'<text x="0" y="{top + 4}" font-size="11">1.0</text>',
+        f'<text x="0" y="{top + height}" font-size="11">0.0</text>',
+        f'<line x1="40" y1="{top + height}" x2="{width}" y2="{top + height}" stroke="#cbd2d9"/>',
+    ]
+    for i, (b, t) in enumerate(pairs):
+        x = 50 + i * step
+        for case, colour, dx in ((b, "#9aa5b1", -1.5), (t, "#2f6fde", 1.5)):
+            score = case["scores"].get(metric)
+            if score is None:
+                continue
+            y = top + height - score * height
+            parts.append(
+                f'<circle cx="{x + dx:.1f}" cy="{y:.1f}" r="3" fill="{colour}">'
+                f"<title>{html.escape(case['id'])}: {score:.3f}</title></circle>"
+            )
+    parts.append(
+        f'<text x="50" y="{top + height + 22}" font-size="11">cases in test order; grey: base, '
+        f"blue: fine-tuned ({html.escape(metric)})</text></svg>"
+    )
+    return "".join(parts)
+
+
 def render_html(results: dict[str, Any], title: str) -> str:
     comparing = "finetuned" in results
     header = (
@@ -163,6 +198,7 @@ def render_html(results: dict[str, Any], title: str) -> str:
                 for d, b, t in case_deltas(results, metric)
             )
             cases = (
+                f"<h2>Per case ({html.escape(metric)})</h2>{_svg_cases(results, metric)}"
                 f"<h2>Every case, most improved first ({html.escape(metric)})</h2><table><tr><th>id</th>"
                 "<th>change</th><th>reference</th><th>base</th><th>fine-tuned</th></tr>" + rows + "</table>"
             )
@@ -171,6 +207,7 @@ def render_html(results: dict[str, Any], title: str) -> str:
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1f2933}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd2d9;padding:4px 8px;"
         "text-align:left;font-size:13px}code{font-size:12px}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><table>{header}{body}</table>{_svg_bars(results)}{cases}"
+        f"<h1>{html.escape(title)}</h1>{_notes_html(results)}<table>{header}{body}</table>"
+        f"{_svg_bars(results)}{cases}"
         "</body></html>\n"
     )

@@ -91,6 +91,7 @@ def run_compare(
     """Base (the recipe's model) against base + adapter, or against another model, on the same cases."""
     if adapter is None and other is None:
         raise ValueError("compare needs --adapter or --other")
+    notes: list[str] = []
     base_model, base_tok, base_name = load_model(recipe)
     path, cases = _cases(recipe, base_tok, data_file)
     base = evaluate_one(recipe, base_model, base_tok, base_name, cases, path)
@@ -99,7 +100,11 @@ def run_compare(
     if not same_tokenizer(base_tok, tuned_tok):
         # different prompts and tokens: task metrics still compare on the base model's prompts,
         # perplexities do not compare at all
-        log.warning("the two models have different tokenizers: perplexity is not comparable and is omitted")
+        notes.append(
+            "the two models have different tokenizers, so their perplexities are not comparable "
+            "and none is reported; task metrics use the same prompts for both"
+        )
+        log.warning("%s", notes[-1])
         recipe = replace(recipe, eval=replace(recipe.eval, perplexity=False))
         base.pop("perplexity", None)
         base.pop("perplexity_tokens", None)
