@@ -60,3 +60,20 @@ def test_eval_of_one_model_and_compare_needs_a_second(tiny_model_dir, small_data
     assert result["model"]["num_examples"] == 3 and result["mlflow_run_id"] is None
     out = tuneforge("compare", str(recipe))
     assert out.returncode == 2 and "--adapter" in out.stderr
+
+
+def test_long_plain_texts_are_scored_in_sliding_windows(tiny_model_dir, tmp_path):
+    from conftest import write_rows
+    from transformers import AutoTokenizer
+
+    words = "the quick brown fox jumps over the lazy dog " * 40
+    data = write_rows(tmp_path / "texts.jsonl", [{"text": words}, {"text": words[:300]}])
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, data, tmp_path / "run", "sqlite:///x.db")
+    out = tuneforge("eval", str(recipe), "data.max_seq_length=64", "eval.stride=32", "--data", str(data))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = [len(tokenizer(t)["input_ids"]) for t in (words, words[:300])]
+    assert lengths[0] > 64  # longer than the context: needs windows, not truncation
+    assert result["perplexity_tokens"] == sum(n - 1 for n in lengths)  # every token after the first, once
+    assert result["num_examples"] == 0  # no references: no task metrics

@@ -269,6 +269,10 @@ class EvalConfig:
     """Prompts per generation batch, and examples per perplexity batch."""
     perplexity: bool = True
     """Also compute perplexity on the test responses (token-weighted)."""
+    window: int | None = None
+    """Context of each perplexity window over long plain texts; None: data.max_seq_length."""
+    stride: int | None = None
+    """Step between perplexity windows over long plain texts; None: half the window."""
     output_dir: str | None = None
     """Where reports go; None: <training.output_dir>/eval."""
 
@@ -279,6 +283,8 @@ class EvalConfig:
         _check("metrics", bool(self.metrics), "a non-empty list", self.metrics)
         _check("limit", self.limit is None or self.limit >= 1, ">= 1 or null", self.limit)
         _check("batch_size", self.batch_size >= 1, ">= 1", self.batch_size)
+        _check("window", self.window is None or self.window >= 2, ">= 2 or null", self.window)
+        _check("stride", self.stride is None or self.stride >= 1, ">= 1 or null", self.stride)
 
 
 @dataclass

@@ -24,6 +24,10 @@ from tuneforge.eval.metrics import Metric, resolve_metric, score_case
 log = logging.getLogger(__name__)
 
 
+class PlainTextData(DatasetError):
+    """Plain text has no reference answers: only perplexity applies to it."""
+
+
 @dataclass
 class TestCase:
     id: str
@@ -48,7 +52,7 @@ def case_from_example(example: Example, tokenizer=None, chat_template: str = "au
         return TestCase(example.id, prompt, reference, context)
     if example.prompt is not None:
         return TestCase(example.id, example.prompt, example.completion or "")
-    raise DatasetError(
+    raise PlainTextData(
         f"example {example.id}: plain text has no reference to score generation against; "
         "task metrics need alpaca, chat, sharegpt or prompt_completion data"
     )

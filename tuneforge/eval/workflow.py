@@ -15,7 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tuneforge.config import Recipe
-from tuneforge.eval.evaluator import ModelEvaluator, TestCase, deltas, load_test_cases
+from tuneforge.eval.evaluator import ModelEvaluator, PlainTextData, TestCase, deltas, load_test_cases
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,34 @@ def load_model(recipe: Recipe, reference: str | None = None, adapter: str | Path
 
 
 def test_perplexity(model, tokenizer, recipe: Recipe, data_file: str, limit: int | None) -> dict[str, Any]:
-    """Token-weighted perplexity over the test responses (or all tokens with data.train_on=all)."""
-    from tuneforge.data import DatasetPreprocessor
-    from tuneforge.eval.likelihood import dataset_perplexity
+    """Token-weighted perplexity of the test data: over the responses of instruction data (all tokens with
+    data.train_on=all), and over every token of plain text, in sliding windows when it is long."""
+    from dataclasses import replace as copy_with
 
-    config = replace(recipe.data, train_file=data_file, validation_fraction=0.0)
-    prepared = DatasetPreprocessor(tokenizer, config).prepare()
-    rows = prepared.train.select(range(min(limit or len(prepared.train), len(prepared.train))))
-    with tqdm(total=len(rows), desc="perplexity", unit="ex") as bar:
-        acc = dataset_perplexity(
-            model, rows["input_ids"], rows["labels"], tokenizer.pad_token_id, recipe.eval.batch_size, bar
-        )
+    from tuneforge.data import DatasetPreprocessor
+    from tuneforge.eval.likelihood import dataset_perplexity, text_perplexity
+    from tuneforge.eval.perplexity import PerplexityAccumulator
+
+    pre = DatasetPreprocessor(tokenizer, replace(recipe.data, train_file=data_file, validation_fraction=0.0))
+    loaded = pre.load_dataset()
+    pre.check(loaded)
+    n = min(limit or len(loaded.examples), len(loaded.examples))
+    loaded = copy_with(loaded, examples=loaded.examples[:n], locations=loaded.locations[:n])
+    with tqdm(total=n, desc="perplexity", unit="ex") as bar:
+        if loaded.format == "text":
+            window = recipe.eval.window or recipe.data.max_seq_length
+            stride = recipe.eval.stride or max(1, window // 2)
+            acc = PerplexityAccumulator()
+            for example in loaded.examples:
+                ids = tokenizer(example.text)["input_ids"]
+                part = text_perplexity(model, ids, window, stride, tokenizer.pad_token_id)
+                acc.add_sum(part.nll_sum, part.tokens)
+                bar.update(1)
+        else:
+            rows, _ = pre.prepare_dataset(loaded)
+            acc = dataset_perplexity(
+                model, rows["input_ids"], rows["labels"], tokenizer.pad_token_id, recipe.eval.batch_size, bar
+            )
     return {"perplexity": acc.perplexity, "perplexity_tokens": acc.tokens}
 
 
@@ -68,8 +85,13 @@ def evaluate_one(
 
 
 def _cases(recipe: Recipe, tokenizer, data_file: str | None) -> tuple[str, list[TestCase]]:
+    """The test cases; none for plain text, which is scored by perplexity alone."""
     path = data_file or recipe.data.test_file
-    cases = load_test_cases(path, tokenizer, recipe.data)
+    try:
+        cases = load_test_cases(path, tokenizer, recipe.data)
+    except PlainTextData:
+        log.info("%s is plain text: perplexity only, no task metrics", path)
+        return path, []
     return path, cases[: recipe.eval.limit] if recipe.eval.limit else cases
 
 
