@@ -128,7 +128,7 @@ def _short(text: Any, n: int = 160) -> str:
 def _svg_bars(results: dict[str, Any]) -> str:
     """Per-metric bars, base against fine-tuned (or one model), as inline SVG."""
     rows = [r for r in metric_rows(results) if r[0] != "perplexity"]
-    width, bar_h, gap = 560, 16, 14
+    width, bar_h, gap = 640, 16, 14
     height = len(rows) * (2 * bar_h + gap) + 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
     y = 20
@@ -137,7 +137,7 @@ def _svg_bars(results: dict[str, Any]) -> str:
         for value, colour, label in ((base, "#9aa5b1", "base"), (tuned, "#2f6fde", "fine-tuned")):
             if value in ("", "n/a"):
                 continue
-            w = max(1.0, float(value) * 360)
+            w = max(1.0, float(value) * 330)  # leaves room for the label
             parts.append(f'<rect x="130" y="{y}" width="{w:.1f}" height="{bar_h - 2}" fill="{colour}"/>')
             parts.append(f'<text x="{136 + w:.1f}" y="{y + bar_h - 4}" font-size="11">{label} {value}</text>')
             y += bar_h
