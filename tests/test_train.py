@@ -180,7 +180,7 @@ def test_a_failing_run_is_marked_failed_and_keeps_its_checkpoints(
         run_training(recipe)
     _, run = run_of(recipe)
     assert run.info.status == "FAILED" and "disk on fire" in run.data.tags["error"]
-    assert "final/global_step" in run.data.metrics
+    assert run.data.metrics["final/global_step"] == 2 and "final/loss" in run.data.metrics
     assert (tmp_path / "run" / "checkpoint-1").is_dir()
 
 

@@ -367,10 +367,8 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
     except BaseException as e:
         if tracker is not None:
             tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
-            state = getattr(trainer.trainer, "state", None)
             tracker.end_run(
-                {"global_step": state.global_step} if state else {},
-                "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                metrics_so_far(trainer), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             )
         raise
     if tracker is not None:
@@ -380,6 +378,18 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
             tracker.set_tags({"stopped_early": outcome.stopped_early})
         tracker.end_run(outcome.metrics, "FINISHED", step=outcome.global_step)
     return outcome
+
+
+def metrics_so_far(trainer: LoRATrainer) -> dict[str, float]:
+    """The step reached and the last logged training loss, for a run that ends in an error."""
+    state = getattr(trainer.trainer, "state", None)
+    if state is None:
+        return {}
+    out = {"global_step": float(state.global_step)}
+    last = next((h for h in reversed(state.log_history) if "loss" in h), None)
+    if last is not None:
+        out["loss"] = float(last["loss"])
+    return out
 
 
 def _previous_run_id(run_dir: Path) -> str | None:
