@@ -1,0 +1,468 @@
+"""The load generator: streams requests to a server (or an in-process engine) and times every chunk.
+
+    tuneforge bench --url http://127.0.0.1:8000 --api openai --model M --concurrency 1,4,16 --requests 200
+
+Targets:
+    OpenAITarget    POST {base}/v1/completions, stream=true, usage in the last chunk, then `data: [DONE]`
+                    (any OpenAI-compatible server: vLLM, SGLang, tuneforge serve)
+    GenerateTarget  POST {base}/generate, tuneforge's own streaming endpoint (token / done / error events)
+    EngineTarget    an engine object in this process (`engine.stream(prompt, sampling, adapter)`)
+
+Load: a fixed number of concurrent clients, or Poisson arrivals at a request rate (seeded); stop after N
+requests or after a duration (requests in flight then finish). A request fails when the HTTP status is not
+200, when the stream carries an error event (even under HTTP 200), when the stream ends without its end
+marker, on timeout and on connection errors; `RequestRecord.error_kind` says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneforge.bench.stats import RequestRecord, summarize
+from tuneforge.config import SamplingParams
+
+WORDS = str.split(
+    "time year people way day man thing woman life child world school state family student group country "
+    "problem hand part place case week company system program question work government number night point "
+    "home water room mother area money story fact month lot right study book eye job word business issue "
+    "side kind head house service friend father power hour game line end member law car city community name"
+)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def synthetic_prompts(n: int, input_len: int, seed: int = 0) -> list[str]:
+    """`n` different prompts of `input_len` common English words each (about one token per word)."""
+    if n < 1 or input_len < 1:
+        raise ValueError(f"need n >= 1 and input_len >= 1 words, got n={n}, input_len={input_len}")
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(input_len)) for _ in range(n)]
+
+
+def dataset_prompts(path: str, limit: int | None = None, data_format: str = "auto") -> list[str]:
+    """Prompts of a dataset file, read and validated like training data (plain template, no tokenizer):
+    everything before the last assistant turn, the prompt of prompt/completion data, or plain text."""
+    from tuneforge.config import DataConfig
+    from tuneforge.data import DatasetPreprocessor
+    from tuneforge.errors import DatasetError
+    from tuneforge.eval.evaluator import case_from_example
+
+    pre = DatasetPreprocessor(config=DataConfig(train_file=path, format=data_format, on_invalid="skip"))
+    loaded = pre.load_dataset()
+    pre.check(loaded)
+    prompts = [
+        ex.text if ex.text is not None and ex.messages is None else case_from_example(ex).prompt
+        for ex in loaded.examples[: limit or None]
+    ]
+    if not prompts:
+        raise DatasetError(f"{path}: no valid examples to take prompts from")
+    return prompts
+
+
+# --------------------------------------------------------------------------- timing one stream
+
+
+class _Timer:
+    """First-chunk and inter-chunk times of one request."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.gaps: list[float] = []
+        self.chunks = 0
+
+    def chunk(self) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        else:
+            self.gaps.append(now - self.last)  # type: ignore[operator]
+        self.last = now
+        self.chunks += 1
+
+    def record(self, ok: bool, t0: float, **kw: Any) -> RequestRecord:
+        end = time.perf_counter()
+        return RequestRecord(
+            ok=ok,
+            ttft_s=(self.first - self.start) if self.first is not None else None,
+            e2e_s=end - self.start,
+            itl_s=self.gaps if ok else [],
+            start_s=self.start - t0,
+            **kw,
+        )
+
+
+def _sse_data(line: str) -> str | None:
+    """The payload of an SSE `data:` line; None for blank lines, comments and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[5:].strip()
+
+
+def _error_message(obj: Any) -> str:
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err if err is not None else obj)
+
+
+async def _post_stream(client, url: str, body: dict, headers: dict, timer: _Timer, t0: float, handle):
+    """POST and feed each SSE payload to `handle(payload) -> RequestRecord | None` (a record ends it)."""
+    import httpx
+
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")[:300]
+                return timer.record(
+                    False, t0, error_kind=f"http_{resp.status_code}", status=resp.status_code, error=text
+                )
+            async for line in resp.aiter_lines():
+                payload = _sse_data(line)
+                if payload is None:
+                    continue
+                try:
+                    record = handle(payload, resp.status_code)
+                except (json.JSONDecodeError, AttributeError, TypeError) as e:
+                    return timer.record(
+                        False,
+                        t0,
+                        error_kind="bad_event",
+                        status=resp.status_code,
+                        error=f"{e}: {payload[:200]}",
+                    )
+                if record is not None:
+                    return record
+            return timer.record(
+                False,
+                t0,
+                error_kind="incomplete_stream",
+                status=resp.status_code,
+                error="stream ended without its end marker",
+            )
+    except httpx.TimeoutException as e:
+        return timer.record(False, t0, error_kind="timeout", error=f"{type(e).__name__}: {e}")
+    except httpx.ConnectError as e:
+        return timer.record(False, t0, error_kind="connect", error=str(e))
+    except httpx.HTTPError as e:  # connection dropped mid-stream, protocol errors
+        return timer.record(False, t0, error_kind="incomplete_stream", error=f"{type(e).__name__}: {e}")
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class OpenAITarget:
+    """Any OpenAI-compatible server's streaming /v1/completions."""
+
+    base_url: str
+    model: str
+    max_tokens: int = 128
+    api_key: str | None = None
+    ignore_eos: bool = False
+    """Ask the server (vLLM) to generate exactly max_tokens, so every request has the same length."""
+    temperature: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"api": "openai", "url": self.base_url, "model": self.model, "max_tokens": self.max_tokens}
+
+    async def send(self, client, prompt: str, t0: float) -> RequestRecord:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        timer = _Timer()
+        usage: dict[str, int] = {}
+
+        def handle(payload: str, status: int) -> RequestRecord | None:
+            if payload == "[DONE]":
+                return timer.record(
+                    True,
+                    t0,
+                    status=status,
+                    input_tokens=int(usage.get("prompt_tokens") or 0),
+                    output_tokens=int(usage.get("completion_tokens") or timer.chunks),
+                )
+            obj = json.loads(payload)
+            if "error" in obj:
+                return timer.record(
+                    False, t0, error_kind="stream_error", status=status, error=_error_message(obj)
+                )
+            choices = obj.get("choices") or []
+            if choices and choices[0].get("text"):
+                timer.chunk()
+            if obj.get("usage"):
+                usage.update(obj["usage"])
+            return None
+
+        url = self.base_url.rstrip("/") + "/v1/completions"
+        return await _post_stream(client, url, body, _headers(self.api_key), timer, t0, handle)
+
+
+@dataclass
+class GenerateTarget:
+    """tuneforge's own streaming POST /generate."""
+
+    base_url: str
+    model: str | None = None
+    """Adapter name to use (None: the base model)."""
+    max_tokens: int = 128
+    api_key: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"api": "generate", "url": self.base_url, "model": self.model, "max_tokens": self.max_tokens}
+
+    async def send(self, client, prompt: str, t0: float) -> RequestRecord:
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stream": True,
+        }
+        if self.model:
+            body["model"] = self.model
+        timer = _Timer()
+
+        def handle(payload: str, status: int) -> RequestRecord | None:
+            obj = json.loads(payload)
+            kind = obj.get("type")
+            if kind == "token":
+                if obj.get("text"):
+                    timer.chunk()
+                return None
+            if kind == "done":
+                return timer.record(
+                    True,
+                    t0,
+                    status=status,
+                    input_tokens=int(obj.get("prompt_tokens") or 0),
+                    output_tokens=int(obj.get("completion_tokens") or timer.chunks),
+                )
+            if kind == "error" or "error" in obj:
+                return timer.record(
+                    False, t0, error_kind="stream_error", status=status, error=_error_message(obj)
+                )
+            return None
+
+        url = self.base_url.rstrip("/") + "/generate"
+        return await _post_stream(client, url, body, _headers(self.api_key), timer, t0, handle)
+
+
+@dataclass
+class EngineTarget:
+    """An engine in this process: `engine.stream(prompt, sampling, adapter)` yields chunks with `text`,
+    `finish_reason` and running `prompt_tokens` / `completion_tokens`."""
+
+    engine: Any
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=128))
+    adapter: str | None = None
+    timeout_s: float = 600.0
+
+    def describe(self) -> dict[str, Any]:
+        name = getattr(self.engine, "name", type(self.engine).__name__)
+        return {
+            "api": "engine",
+            "model": name,
+            "adapter": self.adapter,
+            "max_tokens": self.sampling.max_tokens,
+        }
+
+    async def send(self, client, prompt: str, t0: float) -> RequestRecord:
+        timer = _Timer()
+        last = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async for chunk in self.engine.stream(prompt, self.sampling, adapter=self.adapter):
+                    if chunk.text:
+                        timer.chunk()
+                    last = chunk
+        except TimeoutError:
+            return timer.record(False, t0, error_kind="timeout", error=f"no end after {self.timeout_s} s")
+        except Exception as e:  # engine errors carry a kind and an HTTP status
+            return timer.record(
+                False,
+                t0,
+                error_kind=getattr(e, "kind", None) or "exception",
+                status=getattr(e, "status", None),
+                error=f"{type(e).__name__}: {e}",
+            )
+        if last is None or last.finish_reason is None:
+            return timer.record(False, t0, error_kind="incomplete_stream", error="no final chunk")
+        if last.finish_reason == "error":
+            return timer.record(False, t0, error_kind="stream_error", error="engine reported an error")
+        return timer.record(
+            True,
+            t0,
+            input_tokens=int(last.prompt_tokens),
+            output_tokens=int(last.completion_tokens or timer.chunks),
+        )
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadSpec:
+    """How much load, and when to stop."""
+
+    concurrency: int | None = 1
+    """Requests in flight at once (fixed-concurrency mode), or the cap with `rate` (None: no cap)."""
+    rate: float | None = None
+    """Poisson arrivals at this many requests per second; None: fixed concurrency."""
+    num_requests: int | None = 100
+    """Stop sending after this many requests (None: only the duration limits)."""
+    duration_s: float | None = None
+    """Stop sending after this many seconds (requests in flight finish)."""
+    seed: int = 0
+    """Seed of the arrival times."""
+
+    def __post_init__(self):
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("give num_requests or duration_s (or both)")
+        if self.num_requests is not None and self.num_requests < 1:
+            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        if self.rate is None and (self.concurrency is None or self.concurrency < 1):
+            raise ValueError(f"concurrency must be >= 1 without a rate, got {self.concurrency}")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"rate must be > 0 requests/s, got {self.rate}")
+
+    def describe(self) -> dict[str, Any]:
+        if self.rate is not None:
+            return {"mode": "rate", "rate": self.rate, "max_concurrency": self.concurrency, "seed": self.seed}
+        return {"mode": "concurrency", "concurrency": self.concurrency}
+
+
+def poisson_arrivals(rate: float, n: int, seed: int = 0) -> list[float]:
+    """Send times (seconds from the start) of `n` requests arriving as a Poisson process: the first at 0,
+    then exponential gaps with mean 1/rate."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for i in range(n):
+        if i:
+            t += rng.expovariate(rate)
+        times.append(t)
+    return times
+
+
+async def run_load_async(
+    target, prompts: Sequence[str], spec: LoadSpec, progress: Callable[[RequestRecord], None] | None = None
+) -> tuple[list[RequestRecord], float]:
+    """(records in send order, wall seconds from the first send to the last completion)."""
+    import httpx
+
+    if not prompts:
+        raise ValueError("no prompts")
+    records: dict[int, RequestRecord] = {}
+    limit = spec.concurrency or 1000
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(600.0, connect=10.0),
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+    ) as client:
+        t0 = time.perf_counter()
+        deadline = t0 + spec.duration_s if spec.duration_s is not None else None
+
+        async def one(i: int) -> None:
+            rec = await target.send(client, prompts[i % len(prompts)], t0)
+            records[i] = rec
+            if progress is not None:
+                progress(rec)
+
+        if spec.rate is None:
+            counter = iter(range(spec.num_requests) if spec.num_requests is not None else _count())
+
+            async def worker() -> None:
+                for i in counter:
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        return
+                    await one(i)
+
+            await asyncio.gather(*(worker() for _ in range(spec.concurrency or 1)))
+        else:
+            gate = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
+            rng = random.Random(spec.seed)
+            tasks, i, send_at = [], 0, 0.0
+
+            async def gated(i: int) -> None:
+                if gate is None:
+                    return await one(i)
+                async with gate:
+                    await one(i)
+
+            while spec.num_requests is None or i < spec.num_requests:
+                if i:
+                    send_at += rng.expovariate(spec.rate)
+                if deadline is not None and t0 + send_at >= deadline:
+                    break
+                await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
+                tasks.append(asyncio.create_task(gated(i)))
+                i += 1
+            await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    return [records[i] for i in sorted(records)], wall
+
+
+def _count():
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def run_load(
+    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True
+) -> tuple[list[RequestRecord], float]:
+    """run_load_async with a tqdm bar over requests (failed ones counted in its postfix)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=spec.num_requests, desc=_label(spec), unit="req", disable=not show_progress) as bar:
+        failed = 0
+
+        def tick(rec: RequestRecord) -> None:
+            nonlocal failed
+            failed += not rec.ok
+            bar.update(1)
+            if failed:
+                bar.set_postfix(failed=failed)
+
+        return asyncio.run(run_load_async(target, prompts, spec, tick))
+
+
+def _label(spec: LoadSpec) -> str:
+    return f"rate {spec.rate}/s" if spec.rate is not None else f"concurrency {spec.concurrency}"
+
+
+def run_benchmark(
+    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True
+) -> dict[str, Any]:
+    """One load level: {"load", "summary", "records"}."""
+    records, wall = run_load(target, prompts, spec, show_progress)
+    if not records:
+        raise ValueError("no request was sent (the duration ended before the first one)")
+    return {
+        "load": spec.describe(),
+        "summary": summarize(records, wall),
+        "records": [r.to_dict() for r in records],
+    }
