@@ -1,0 +1,247 @@
+"""Cost reports: Markdown and a self-contained HTML page (inline SVG bars of the cost per 1,000 requests by
+instance, split by resource). Imports no torch.
+
+    generate_cost_report(CostAnalyzer().analyze(...))                 # one instance
+    generate_cost_report(CostAnalyzer().compare_configurations(...))  # several configurations
+
+Every cost shows whether it is measured or estimated, and from what; the breakdown shows the GPU, CPU
+and memory shares of the hourly price, of the training cost and of the cost per 1,000 requests.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+RESOURCES = ("gpu", "cpu", "memory")
+RESOURCE_COLOURS = {"gpu": "#2f6fde", "cpu": "#e07b39", "memory": "#3f9c5a"}
+
+
+def usd(value: float | None) -> str:
+    """How every amount appears in the reports."""
+    if value is None:
+        return "n/a"
+    if value == 0:
+        return "$0"
+    if abs(value) >= 100:
+        return f"${value:,.0f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.4g}"
+
+
+def num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _basis(basis: str | None, source: str | None) -> str:
+    if not basis:
+        return ""
+    return f"{basis}" + (f" ({source})" if source else "")
+
+
+def analysis_rows(analysis: dict[str, Any]) -> list[tuple[str, str]]:
+    """(item, value) for one instance's analysis: price, training, inference and the breakdown."""
+    inst, pricing = analysis["instance"], analysis["pricing"]
+    hw = f"{inst['gpu_count']}x {inst['gpu']}" if inst["gpu_count"] else "CPU only"
+    rows = [
+        ("instance", f"{inst['provider']} {inst['name']} ({hw})"),
+        (
+            "price per hour",
+            f"{usd(pricing['usd_per_hour'])} ({'spot' if pricing['spot'] else 'on-demand'}, "
+            f"{pricing.get('price_date') or 'undated'}, {pricing.get('source') or 'no source'})",
+        ),
+    ]
+    t = analysis.get("training")
+    if t:
+        rows += [
+            ("training hours", f"{num(t['hours'])} ({_basis(t['basis'], t['source'])})"),
+            ("training cost", usd(t["cost_usd"])),
+        ]
+    else:
+        rows.append(("training cost", "n/a (no training hours given)"))
+    inf = analysis.get("inference")
+    if inf:
+        how = _basis(inf["basis"], inf["source"])
+        rows += [
+            ("requests per second", f"{num(inf['requests_per_second'])} ({how})"),
+            ("output tokens per second", num(inf["output_tokens_per_second"])),
+            ("inference cost per 1K requests", usd(inf["cost_per_1k_requests_usd"])),
+            ("inference cost per 1M output tokens", usd(inf["cost_per_1m_output_tokens_usd"])),
+        ]
+    else:
+        rows.append(("inference cost per 1K requests", "n/a (no throughput given)"))
+    b = analysis["breakdown"]
+    for key, label in (
+        ("usd_per_hour", "per hour"),
+        ("training_usd", "of the training cost"),
+        ("inference_per_1k_requests_usd", "of the cost per 1K requests"),
+    ):
+        if key in b:
+            rows.append((f"breakdown {label}", ", ".join(f"{r.upper()} {usd(b[key][r])}" for r in RESOURCES)))
+    return rows
+
+
+def comparison_rows(comparison: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per configuration for tables."""
+    return [
+        {
+            "configuration": c["name"],
+            "instance": f"{c['instance']} ({c['gpu']})",
+            "USD/h": usd(c["usd_per_hour"]) + (" spot" if c["spot"] else ""),
+            "training": usd(c["training_cost_usd"])
+            + (f" ({c['training_basis']}, {num(c['training_hours'])} h)" if c["training_basis"] else ""),
+            "per 1K requests": usd(c["cost_per_1k_requests_usd"])
+            + (f" ({c['inference_basis']})" if c["inference_basis"] else ""),
+            "per 1M output tokens": usd(c["cost_per_1m_output_tokens_usd"]),
+            "GPU/CPU/memory per hour": " / ".join(usd(c["breakdown_usd_per_hour"][r]) for r in RESOURCES),
+        }
+        for c in comparison["configs"]
+    ]
+
+
+def _md_table(rows: list[dict[str, str]]) -> list[str]:
+    if not rows:
+        return []
+    cols = list(rows[0])
+    return [
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(r[c] for c in cols) + " |" for r in rows),
+    ]
+
+
+def _bars(analysis: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """(label, cost per 1K requests by resource) for the chart."""
+    if "configs" in analysis:
+        out = []
+        for c in analysis["configs"]:
+            if c["cost_per_1k_requests_usd"] is None:
+                continue
+            total_h = sum(c["breakdown_usd_per_hour"].values()) or 1.0
+            out.append(
+                (
+                    c["name"],
+                    {
+                        r: c["cost_per_1k_requests_usd"] * c["breakdown_usd_per_hour"][r] / total_h
+                        for r in RESOURCES
+                    },
+                )
+            )
+        return out
+    per_1k = analysis["breakdown"].get("inference_per_1k_requests_usd")
+    return [(analysis["instance"]["name"], per_1k)] if per_1k else []
+
+
+def svg_cost_bars(analysis: dict[str, Any], width: int = 720) -> str:
+    """Horizontal bars: cost per 1,000 requests per instance, stacked by GPU, CPU and memory share."""
+    bars = _bars(analysis)
+    if not bars:
+        return "<p>No throughput given: no cost per 1,000 requests to plot.</p>"
+    label_w, bar_h, gap, top = 220, 18, 8, 24
+    plot_w = width - label_w - 110
+    hi = max(sum(v.values()) for _, v in bars) or 1.0
+    height = top + len(bars) * (bar_h + gap) + 10
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+        "<title>cost per 1,000 requests</title>"
+    ]
+    x = label_w
+    for r in RESOURCES:
+        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{RESOURCE_COLOURS[r]}"/>')
+        parts.append(f'<text x="{x + 14}" y="13" font-size="11">{r.upper()}</text>')
+        x += 80
+    for k, (label, shares) in enumerate(bars):
+        y = top + k * (bar_h + gap)
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h - 5}" font-size="12" text-anchor="end">'
+            f"{html.escape(label[:32])}</text>"
+        )
+        x = float(label_w)
+        for r in RESOURCES:
+            w = shares[r] / hi * plot_w
+            if w > 0:
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" '
+                    f'fill="{RESOURCE_COLOURS[r]}">'
+                    f"<title>{r.upper()} {usd(shares[r])}</title></rect>"
+                )
+            x += w
+        parts.append(
+            f'<text x="{x + 6:.1f}" y="{y + bar_h - 5}" font-size="11">{usd(sum(shares.values()))}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def generate_cost_report(
+    analysis: dict[str, Any], out_dir: str | Path | None = None, title: str = "Cost analysis"
+) -> str:
+    """The Markdown report; with `out_dir`, also writes cost.md, cost.html and cost.json there."""
+    lines = [f"# {title}", ""]
+    if "configs" in analysis:
+        lines += _md_table(comparison_rows(analysis))
+        cheapest = analysis.get("cheapest") or {}
+        lines += [
+            "",
+            f"Cheapest training: {cheapest.get('training') or 'n/a'}; cheapest serving: "
+            f"{cheapest.get('inference') or 'n/a'}.",
+        ]
+        notes = sorted({n for c in analysis["configs"] for n in c["notes"]})
+    else:
+        lines += ["| item | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in analysis_rows(analysis))]
+        notes = analysis.get("notes", [])
+    rule = analysis.get("breakdown_rule") or (analysis.get("breakdown") or {}).get("rule")
+    lines += ["", f"Breakdown rule: {rule}."] if rule else []
+    lines += [""] + [f"- {n}" for n in notes] if notes else []
+    lines += [
+        "",
+        "Costs per request assume the instance serves at the given throughput all the time; idle time costs "
+        "the same per hour.",
+    ]
+    markdown = "\n".join(lines) + "\n"
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cost.md").write_text(markdown)
+        (out / "cost.html").write_text(render_cost_html(analysis, title))
+        (out / "cost.json").write_text(json.dumps(analysis, indent=2, default=str) + "\n")
+    return markdown
+
+
+def render_cost_html(analysis: dict[str, Any], title: str = "Cost analysis") -> str:
+    if "configs" in analysis:
+        rows = comparison_rows(analysis)
+        cols = list(rows[0]) if rows else []
+        table = (
+            "<table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+            + "</table>"
+        )
+        notes = sorted({n for c in analysis["configs"] for n in c["notes"]})
+    else:
+        table = (
+            "<table><tr><th>item</th><th>value</th></tr>"
+            + "".join(
+                f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+                for k, v in analysis_rows(analysis)
+            )
+            + "</table>"
+        )
+        notes = analysis.get("notes", [])
+    rule = analysis.get("breakdown_rule") or (analysis.get("breakdown") or {}).get("rule") or ""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1f2933}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd2d9;padding:4px 8px;"
+        "text-align:left;font-size:13px}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{table}"
+        f"<h2>Cost per 1,000 requests</h2>{svg_cost_bars(analysis)}"
+        f"<p>Breakdown rule: {html.escape(rule)}.</p>"
+        + "".join(f"<p><strong>Note:</strong> {html.escape(n)}</p>" for n in notes)
+        + "</body></html>\n"
+    )
