@@ -7,6 +7,7 @@
     tuneforge train configs/demo-cpu.yaml             # LoRA/QLoRA, tracked in MLflow, resumable
     tuneforge export runs/demo-cpu/adapter            # merged model in the base dtype
     tuneforge compare configs/demo-cpu.yaml --adapter runs/demo-cpu/adapter   # base vs fine-tuned
+    tuneforge serve smollm2-135m-instruct --adapter demo=runs/demo-cpu/adapter   # HTTP: SSE, OpenAI
     tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
 
 Commands print a table for people, then one JSON line for scripts. Errors name the file, line, key or
@@ -539,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("section", nargs="?", help="only this section (model, data, lora, training, ...)")
     p.set_defaults(func=cmd_config_keys)
+
+    from tuneforge.serve.cli import register as register_serve
+
+    register_serve(sub, fmt)
     return parser
 
 

@@ -307,8 +307,25 @@ class InferenceConfig:
     """Default sampling temperature."""
     top_p: float = 0.9
     """Default nucleus sampling threshold."""
+    engine: str = "auto"
+    """Generation engine: auto (vLLM when installed, else transformers), vllm or transformers."""
+    kv_cache_gb: float | None = None
+    """vLLM KV cache size in GiB; None sizes it from gpu_memory_utilization (on CPU: 1 GiB)."""
+    max_loras: int = 4
+    """Adapters vLLM keeps in one batch at once."""
+    max_lora_rank: int = 64
+    """Largest adapter rank vLLM accepts (it reserves memory for this rank)."""
+    quantization_bits: int = 4
+    """Bits for bitsandbytes serving quantization: 4 (nf4) or 8 (transformers engine only)."""
 
     def __post_init__(self):
+        _check_choice("engine", self.engine, ("auto", "vllm", "transformers"))
+        _check(
+            "kv_cache_gb", self.kv_cache_gb is None or self.kv_cache_gb > 0, "> 0 or null", self.kv_cache_gb
+        )
+        _check("max_loras", self.max_loras >= 1, ">= 1", self.max_loras)
+        _check("max_lora_rank", self.max_lora_rank >= 1, ">= 1", self.max_lora_rank)
+        _check("quantization_bits", self.quantization_bits in (4, 8), "4 or 8", self.quantization_bits)
         _check("tensor_parallel_size", self.tensor_parallel_size >= 1, ">= 1", self.tensor_parallel_size)
         _check(
             "gpu_memory_utilization",
@@ -340,6 +357,8 @@ class SamplingParams:
     """Most tokens to generate, >= 1."""
     stop: list[str] = field(default_factory=list)
     """Strings that end generation (not included in the output)."""
+    ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token (benchmarks with fixed output lengths)."""
 
     def __post_init__(self):
         _check("temperature", 0.0 <= self.temperature <= 2.0, "in [0, 2]", self.temperature)

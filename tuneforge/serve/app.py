@@ -1,0 +1,207 @@
+"""The app factory: `build_app(settings)` returns the FastAPI app; the engine loads in the background,
+so /health answers at once and /ready says 503 (Retry-After) until the model is loaded.
+
+Tests pass `engine_factory` to put a fake engine behind the real app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tuneforge.engines.base import EngineError
+from tuneforge.serve import admin, openai_routes, routes
+from tuneforge.serve.metrics import ServerMetrics
+from tuneforge.serve.service import ClientDisconnected, GenerationService, error_body
+from tuneforge.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def default_engine_factory(settings: ServeSettings):
+    from tuneforge.engines.select import start_engine
+
+    return start_engine(settings.model, settings.inference, name=settings.name, cache_dir=settings.cache_dir)
+
+
+def build_app(settings: ServeSettings, engine_factory: Callable | None = None) -> FastAPI:
+    factory = engine_factory or default_engine_factory
+    metrics = ServerMetrics()
+    svc = GenerationService(settings, metrics)
+
+    async def load() -> None:
+        try:
+            engine = await asyncio.to_thread(factory, settings)
+            for name, path in settings.adapters.items():
+                await engine.load_adapter(name, path)
+            svc.engine = engine
+            log.info("ready: %s", ", ".join(svc.model_names()))
+        except Exception as e:  # the process stays up and says why on /health and /ready
+            log.exception("the model failed to load")
+            svc.load_error = f"{type(e).__name__}: {e}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+        if svc.engine is not None:
+            await svc.engine.shutdown()
+
+    app = FastAPI(
+        title="tuneforge",
+        summary="Generation with SSE streaming, batches, OpenAI-compatible routes and LoRA adapters",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    auth = [Depends(api_key_check(settings))] if settings.api_key else []
+    app.include_router(routes.open_router)
+    for router in (routes.router, openai_routes.router, admin.router):
+        app.include_router(router, dependencies=auth)
+    add_error_handlers(app, metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+def api_key_check(settings: ServeSettings):
+    expected = f"Bearer {settings.api_key.get_secret_value()}"
+
+    async def check(request: Request) -> None:
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    return check
+
+
+class Unauthorized(EngineError):
+    status, kind = 401, "authentication_error"
+
+
+def error_response(e: EngineError) -> JSONResponse:
+    headers = {"Retry-After": str(e.retry_after)} if hasattr(e, "retry_after") else {}
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    content = {"error": error_body(e)}
+    if hasattr(e, "partial_text"):
+        content["partial_text"] = e.partial_text
+    return JSONResponse(content, status_code=e.status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    @app.exception_handler(EngineError)
+    async def engine_error(request: Request, e: EngineError):
+        metrics.errors.labels(str(e.status), e.kind).inc()
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        problems, param = [], None
+        for err in e.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            param = param or ".".join(loc) or None
+            problems.append(f"{'.'.join(loc) or 'body'}: {err.get('msg')}")
+        error = EngineError("; ".join(problems) or "invalid request", param=param)
+        error.status, error.kind = 400, "invalid_request_error"
+        metrics.errors.labels("400", error.kind).inc()
+        return error_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        error = EngineError(str(e.detail))
+        error.status, error.kind = e.status_code, "not_found" if e.status_code == 404 else "http_error"
+        return error_response(error)
+
+    @app.exception_handler(ClientDisconnected)
+    async def gone(request: Request, e: ClientDisconnected):
+        metrics.errors.labels("499", "client_disconnected").inc()
+        return JSONResponse(
+            {"error": {"message": "client disconnected", "type": "cancelled", "code": 499}}, 499
+        )
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):
+        ref = uuid.uuid4().hex[:12]
+        log.exception("internal error (ref %s) on %s %s", ref, request.method, request.url.path)
+        metrics.errors.labels("500", "internal_error").inc()
+        error = EngineError(f"internal error; the server log has the details under ref {ref}")
+        return error_response(error)
+
+
+class BodyLimit:
+    """413 for a body over the limit, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._too_large(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send):
+        error = EngineError(f"request body over {self.limit} bytes (max_body_bytes)")
+        error.status, error.kind = 413, "request_too_large"
+        response = error_response(error)
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestMetrics:
+    """Counts requests by route and status, and times them to the end of the response (streams too)."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -1,0 +1,116 @@
+"""tuneforge's own routes: /generate (SSE by default), /generate/batch, /health, /ready, /metrics."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tuneforge.serve.protocol import (
+    BatchGenerateRequest,
+    BatchGenerateResponse,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ResultDetail,
+)
+from tuneforge.serve.service import GenerationService, error_body, with_cancellation
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 503, 504)}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+router = APIRouter()  # behind the API key, when one is set
+open_router = APIRouter()  # probes: never behind the key
+
+
+def service(request: Request) -> GenerationService:
+    return request.app.state.service
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    summary="Generate for one prompt: SSE events (default) or one JSON response with stream=false",
+)
+async def generate(body: GenerateRequest, request: Request):
+    svc = service(request)
+    sampling, adapter = svc.sampling(body), svc.adapter_for(body.model)
+    start = time.perf_counter()
+    if not body.stream:
+        c = await with_cancellation(request, svc.complete(body.prompt, sampling, adapter))
+        ms = (time.perf_counter() - start) * 1000
+        return GenerateResponse(
+            text=c.text,
+            finish_reason=c.finish_reason,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            latency_ms=ms,
+            model=body.model or svc.settings.name,
+        )
+    chunks = await with_cancellation(request, svc.start_stream(body.prompt, sampling, adapter))
+
+    def on_chunk(c):
+        events = [{"type": "token", "text": c.text}] if c.text else []
+        if c.finish_reason is not None:
+            events.append(
+                {
+                    "type": "done",
+                    "finish_reason": c.finish_reason,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "latency_ms": (time.perf_counter() - start) * 1000,
+                }
+            )
+        return events
+
+    def on_error(e):
+        body = {"type": "error", "error": error_body(e)}
+        if hasattr(e, "partial_text"):
+            body["partial_text"] = e.partial_text
+        return body
+
+    return StreamingResponse(
+        svc.sse(chunks, on_chunk, on_error), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+@router.post("/generate/batch", response_model=BatchGenerateResponse, responses=ERRORS)
+async def generate_batch(body: BatchGenerateRequest, request: Request) -> BatchGenerateResponse:
+    """One result per prompt, in order; all prompts go to the engine as one batch."""
+    svc = service(request)
+    sampling, adapter = svc.sampling(body), svc.adapter_for(body.model)
+    start = time.perf_counter()
+    done = await with_cancellation(request, svc.complete_batch(body.prompts, sampling, adapter))
+    return BatchGenerateResponse(
+        results=[c.text for c in done],
+        details=[ResultDetail(**{k: getattr(c, k) for k in ResultDetail.model_fields}) for c in done],
+        latency_ms=(time.perf_counter() - start) * 1000,
+        model=body.model or svc.settings.name,
+    )
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@open_router.get("/health", summary="Liveness: 200 while the process and its engine are alive")
+async def health(request: Request):
+    svc = service(request)
+    if svc.load_error or (svc.engine is not None and not svc.engine.is_healthy()):
+        reason = svc.load_error or "the engine stopped"
+        return JSONResponse({"status": "dead", "error": reason}, status_code=503)
+    return {"status": "ok", "engine": "ready" if svc.engine is not None else "loading"}
+
+
+@open_router.get("/ready", summary="Readiness: 503 with Retry-After until the model is loaded")
+async def ready(request: Request):
+    svc = service(request)
+    if svc.engine is None:
+        status = "failed" if svc.load_error else "loading"
+        body = {"status": status, "error": svc.load_error}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return {"status": "ready", "models": svc.model_names()}
