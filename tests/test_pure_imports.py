@@ -21,6 +21,16 @@ PURE = [
     "tuneforge.eval.metrics",
     "tuneforge.eval.report",
     "tuneforge.eval.evaluator",
+    "tuneforge.bench.stats",
+    "tuneforge.bench.report",
+    "tuneforge.bench.resources",
+    "tuneforge.bench.client",
+    "tuneforge.bench.cli",
+    "tuneforge.cost.catalog",
+    "tuneforge.cost.analyzer",
+    "tuneforge.cost.estimate",
+    "tuneforge.cost.report",
+    "tuneforge.cost.cli",
     "tuneforge.cli",
 ]
 
