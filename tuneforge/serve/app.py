@@ -125,7 +125,8 @@ def add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         error = EngineError(str(e.detail))
-        error.status, error.kind = e.status_code, "not_found" if e.status_code == 404 else "http_error"
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        error.status, error.kind = e.status_code, kinds.get(e.status_code, "http_error")
         return error_response(error)
 
     @app.exception_handler(ClientDisconnected)
@@ -162,14 +163,11 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
+            if seen > self.limit:  # FastAPI passes an HTTPException from here through unchanged
+                raise StarletteHTTPException(413, f"request body over {self.limit} bytes (max_body_bytes)")
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(send)
+        await self.app(scope, counted, send)
 
     async def _too_large(self, send):
         error = EngineError(f"request body over {self.limit} bytes (max_body_bytes)")
@@ -177,10 +175,6 @@ class BodyLimit:
         response = error_response(error)
         await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class RequestMetrics:

@@ -1,0 +1,292 @@
+"""Every status path of the service, with a scripted engine behind the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from fake_engine import FakeEngine
+from serve_client import app_client, sse_json
+
+from tuneforge.engines.base import EngineOutOfMemory
+from tuneforge.serve.app import build_app
+from tuneforge.serve.settings import ServeSettings
+
+
+def test_not_loaded_is_503_with_retry_after_then_ready():
+    gate = threading.Event()
+
+    def slow_factory(settings):
+        gate.wait(10)
+        return FakeEngine()
+
+    app = build_app(ServeSettings(model="fake"), engine_factory=slow_factory)
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        r = client.post("/generate", json={"prompt": "hi", "stream": False, "max_tokens": 4})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "loading" in r.json()["error"]["message"]
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.headers["retry-after"]
+        assert client.get("/health").json() == {"status": "ok", "engine": "loading"}  # alive while loading
+        gate.set()
+        for _ in range(100):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.02)
+        assert (
+            client.post("/generate", json={"prompt": "hi", "stream": False, "max_tokens": 4}).status_code
+            == 200
+        )
+
+
+def test_failed_load_is_reported_by_health_and_ready():
+    def broken(settings):
+        raise OSError("no such model folder: /nowhere")
+
+    app = build_app(ServeSettings(model="fake"), engine_factory=broken)
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        for _ in range(100):
+            if client.get("/health").status_code == 503:
+                break
+            time.sleep(0.02)
+        health = client.get("/health")
+        assert health.status_code == 503 and "/nowhere" in health.json()["error"]
+        r = client.post("/generate", json={"prompt": "hi"})
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+
+
+def test_dead_engine_fails_health():
+    with app_client(FakeEngine(healthy=False)) as client:
+        assert client.get("/health").status_code == 503
+
+
+def test_out_of_memory_is_503_with_advice_and_the_server_keeps_serving():
+    engine = FakeEngine(
+        fail_at=0, error=EngineOutOfMemory("out of memory: send fewer prompts or lower max_tokens")
+    )
+    with app_client(engine) as client:
+        for body in ({"prompt": "a", "stream": False, "max_tokens": 4}, {"prompt": "a", "max_tokens": 4}):
+            r = client.post("/generate", json=body)
+            assert r.status_code == 503, r.text  # before the first event: a status, not a stream
+            assert "lower max_tokens" in r.json()["error"]["message"]
+        batch = client.post("/generate/batch", json={"prompts": ["a", "b"], "max_tokens": 4})
+        assert batch.status_code == 503 and batch.json()["error"]["type"] == "out_of_memory"
+        engine.fail_at = None
+        ok = client.post("/generate", json={"prompt": "a", "max_tokens": 3, "stream": False})
+        assert ok.status_code == 200 and ok.json()["completion_tokens"] == 3
+
+
+def test_timeout_is_504_with_the_partial_text():
+    with app_client(FakeEngine(delay=0.05), request_timeout_s=0.18) as client:
+        r = client.post("/generate", json={"prompt": "a", "max_tokens": 50, "stream": False})
+        assert r.status_code == 504
+        body = r.json()
+        assert body["error"]["type"] == "timeout" and body["partial_text"].startswith(" ")
+        assert 1 <= len(body["partial_text"].split()) < 50
+        streamed = sse_json(client.post("/generate", json={"prompt": "a", "max_tokens": 50}).text)
+        assert streamed[-1]["type"] == "error" and streamed[-1]["error"]["code"] == 504
+        tokens = "".join(e["text"] for e in streamed[:-1])
+        assert streamed[-1]["partial_text"] == tokens
+        assert client.engine.cancelled == 2  # both generations were stopped in the engine
+
+
+def test_overload_is_429_with_retry_after():
+    engine = FakeEngine(delay=0.05)
+    with app_client(engine, max_pending=2) as client:
+        import concurrent.futures
+
+        def call(_):
+            return client.post("/generate", json={"prompt": "a", "max_tokens": 8, "stream": False})
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(call, range(6)))
+    codes = sorted(r.status_code for r in results)
+    assert codes.count(200) >= 2 and 429 in codes and set(codes) <= {200, 429}
+    rejected = next(r for r in results if r.status_code == 429)
+    assert rejected.headers["retry-after"] == "1" and "max_pending" in rejected.json()["error"]["message"]
+
+
+def test_api_key_guards_everything_but_probes():
+    with app_client(api_key="s3cret") as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 200
+        for method, path in (("post", "/generate"), ("get", "/v1/models"), ("get", "/metrics")):
+            r = getattr(client, method)(path, **({"json": {"prompt": "a"}} if method == "post" else {}))
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+        wrong = client.get("/v1/models", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = client.get("/v1/models", headers={"authorization": "Bearer s3cret"})
+        assert right.status_code == 200
+
+
+def test_body_size_limit_is_413():
+    with app_client(max_body_bytes=2048) as client:
+        r = client.post("/generate", json={"prompt": "a " * 5000})
+        assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
+
+        def chunks():
+            for _ in range(10):
+                yield b" " * 512
+
+        chunked = client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+        assert chunked.status_code == 413
+
+
+def test_cors_is_settable():
+    with app_client(cors_origins=["https://app.example.com"]) as client:
+        r = client.options(
+            "/generate",
+            headers={"origin": "https://app.example.com", "access-control-request-method": "POST"},
+        )
+        assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+    with app_client() as client:
+        r = client.get("/health", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_adapters_load_list_unload_and_no_path_traversal(tmp_path):
+    root = tmp_path / "adapters"
+    (root / "demo").mkdir(parents=True)
+    (root / "demo" / "adapter_config.json").write_text("{}")
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "adapter_config.json").write_text("{}")
+    (root / "link").symlink_to(outside)
+    with app_client(adapter_dir=str(root)) as client:
+        assert client.post("/v1/adapters", json={"name": "demo", "path": "demo"}).status_code == 200
+        for path in ("../secret", str(outside), "link", "demo/../../secret"):
+            r = client.post("/v1/adapters", json={"name": "x", "path": path})
+            assert r.status_code == 403 and r.json()["error"]["param"] == "path", path
+        assert client.post("/v1/adapters", json={"name": "x", "path": "missing"}).status_code == 400
+        assert client.post("/v1/adapters", json={"name": "fake", "path": "demo"}).status_code == 400
+        assert client.post("/v1/adapters", json={"name": "a/b", "path": "demo"}).status_code == 400
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["fake", "demo"]
+        # base and adapter requests in the same server, chosen per request by model name
+        base = client.post("/generate", json={"prompt": "q", "max_tokens": 2, "stream": False}).json()["text"]
+        tuned = client.post(
+            "/generate", json={"prompt": "q", "max_tokens": 2, "stream": False, "model": "demo"}
+        )
+        assert "demo:" in tuned.json()["text"] and "demo:" not in base
+        assert (
+            client.post("/v1/load_lora_adapter", json={"lora_name": "v", "lora_path": "demo"}).status_code
+            == 200
+        )
+        assert client.get("/v1/adapters").json()["adapters"][1]["name"] == "v"
+        assert client.post("/v1/unload_lora_adapter", json={"lora_name": "v"}).status_code == 200
+        assert client.delete("/v1/adapters/demo").status_code == 200
+        assert client.delete("/v1/adapters/demo").status_code == 404
+        assert client.post("/generate", json={"prompt": "q", "model": "demo"}).status_code == 404
+    with app_client() as client:  # no adapter directory: runtime loading is off
+        r = client.post("/v1/adapters", json={"name": "demo", "path": str(root / "demo")})
+        assert r.status_code == 403 and "adapter-dir" in r.json()["error"]["message"]
+
+
+def test_metrics_count_requests_errors_tokens_and_latency():
+    with app_client() as client:
+        client.post("/generate", json={"prompt": "a", "max_tokens": 3})
+        client.post("/generate", json={"prompt": "a", "max_tokens": 0})
+        text = client.get("/metrics").text
+    assert 'tuneforge_requests_total{route="/generate",status="200"} 1.0' in text
+    assert 'tuneforge_requests_total{route="/generate",status="400"} 1.0' in text
+    assert 'tuneforge_errors_total{kind="invalid_request_error",status="400"} 1.0' in text
+    assert "tuneforge_generated_tokens_total 3.0" in text
+    assert "tuneforge_time_to_first_token_seconds_count 1.0" in text
+    assert 'tuneforge_request_latency_seconds_count{route="/generate"} 2.0' in text
+    assert "tuneforge_queue_depth 0.0" in text
+
+
+def test_openai_shapes_and_unknown_model():
+    with app_client() as client:
+        r = client.post("/v1/completions", json={"model": "fake", "prompt": ["a", "b c"], "max_tokens": 2})
+        body = r.json()
+        assert [c["index"] for c in body["choices"]] == [0, 1]
+        assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "fake",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_completion_tokens": 2,
+            },
+        ).json()
+        assert (
+            chat["choices"][0]["message"]["role"] == "assistant" and chat["usage"]["completion_tokens"] == 2
+        )
+        events = sse_json(
+            client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "fake",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 2,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+            ).text
+        )
+        assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert events[-2]["usage"]["completion_tokens"] == 2 and events[-1] == "[DONE]"
+        missing = client.post("/v1/completions", json={"model": "gpt-4", "prompt": "a"})
+        assert missing.status_code == 404 and "gpt-4" in missing.json()["error"]["message"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_fake_server():
+    """The app in a real uvicorn server (a thread), so a client can really go away mid-request."""
+    engine = FakeEngine(delay=0.05)
+    port = free_port()
+    app = build_app(ServeSettings(model="fake"), engine_factory=lambda s: engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    yield base, engine
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_generation(live_fake_server, stream):
+    base, engine = live_fake_server
+
+    async def go_away():
+        async with httpx.AsyncClient() as client:
+            body = {"prompt": "a", "max_tokens": 60, "stream": stream}
+            try:
+                async with asyncio.timeout(0.4):
+                    async with client.stream("POST", f"{base}/generate", json=body) as r:
+                        async for _ in r.aiter_bytes():
+                            pass
+            except TimeoutError:
+                pass
+
+    asyncio.run(go_away())
+    for _ in range(100):
+        if engine.cancelled:
+            break
+        time.sleep(0.05)
+    assert engine.cancelled == 1 and engine.finished == 0  # stopped after ~8 of 60 steps
+    metrics = httpx.get(f"{base}/metrics").text
+    assert "tuneforge_queue_depth 0.0" in metrics  # the slot was given back
