@@ -154,8 +154,8 @@ def test_property_31_every_snapshot_has_gpu_utilization_and_memory(devices, fail
     if devices and fail_at is None:
         assert snap["gpu_available"] is True
         assert snap["gpu_utilization_percent"] == pytest.approx(np.mean([d["util"] for d in devices]))
-        assert snap["gpu_memory_used_gb"] == pytest.approx(sum(d["used"] for d in devices) / 1e9)
-        assert snap["gpu_memory_total_gb"] == pytest.approx(80.0 * len(devices))
+        assert snap["gpu_memory_used_gb"] == pytest.approx(sum(d["used"] for d in devices) / 2**30)
+        assert snap["gpu_memory_total_gb"] == pytest.approx(80e9 / 2**30 * len(devices))
         powers = [d["power_mw"] for d in devices]
         expected_power = None if None in powers else sum(powers) / 1000
         assert snap["gpu_power_w"] == (pytest.approx(expected_power) if expected_power is not None else None)

@@ -9,7 +9,7 @@
 GPU figures come from NVML (`pynvml`, package nvidia-ml-py), imported only here and only when called; any
 NVML failure (no library, no driver, no device) gives the no-GPU snapshot, whose `note` says why. GPU
 memory is the device's (all processes); process memory is the resident set of `pid` and its children
-(a vLLM server runs its engine in child processes).
+(a vLLM server runs its engine in child processes). GB are 2^30 bytes throughout.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-GB = 1e9
+GB = 2**30  # as torch and nvidia-smi (MiB) count: an "80GB" H100 shows 79.6
 GPU_FIELDS = ("gpu_utilization_percent", "gpu_memory_used_gb", "gpu_memory_total_gb", "gpu_power_w")
 HOST_FIELDS = ("cpu_utilization_percent", "process_memory_gb", "system_memory_used_gb")
 FIELDS = GPU_FIELDS + HOST_FIELDS
