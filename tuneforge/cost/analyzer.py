@@ -136,14 +136,13 @@ class CostAnalyzer:
         if not inst.is_gpu:
             if host_raw == 0:
                 return {"gpu": 0.0, "cpu": price, "memory": 0.0}
-            cpu = price * cpu_raw / host_raw
-            return {"gpu": 0.0, "cpu": cpu, "memory": price - cpu}
+            mem = max(0.0, price - price * cpu_raw / host_raw)  # no -1e-17 from rounding
+            return {"gpu": 0.0, "cpu": price - mem, "memory": mem}
         if not inst.host_included or host_raw == 0:
             return {"gpu": price, "cpu": 0.0, "memory": 0.0}
         host = min(host_raw, HOST_SHARE_CAP * price)
-        cpu = host * cpu_raw / host_raw
-        mem = host - cpu
-        return {"gpu": price - cpu - mem, "cpu": cpu, "memory": mem}
+        mem = max(0.0, host - host * cpu_raw / host_raw)
+        return {"gpu": price - host, "cpu": host - mem, "memory": mem}
 
     # ------------------------------------------------------------------ one analysis
 
