@@ -97,6 +97,9 @@ class FakeEngine:
     def adapters(self) -> dict[str, str]:
         return dict(self._adapters)
 
+    def describe(self) -> dict:
+        return {"kind": "fake", "max_model_len": self.max_model_len}
+
     def is_healthy(self) -> bool:
         return self.healthy
 

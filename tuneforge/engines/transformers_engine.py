@@ -249,6 +249,17 @@ class TransformersEngine:
     def adapters(self) -> dict[str, str]:
         return dict(self._adapters)
 
+    def describe(self) -> dict:
+        weight = next(self.model.parameters())
+        quant = getattr(self.model.config, "quantization_config", None)
+        return {
+            "kind": "transformers",
+            "device": str(weight.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "max_model_len": self.max_model_len,
+            "quantization": getattr(getattr(quant, "quant_method", None), "value", None),
+        }
+
     # -- life ----------------------------------------------------------------------------------------
     def is_healthy(self) -> bool:
         return True

@@ -178,11 +178,15 @@ class VLLMEngine:
     def generate(
         self, prompts: Sequence[str], sampling: SamplingParams, adapter: str | None = None
     ) -> list[str]:
-        """For offline work (evaluation): runs on this engine's own event loop, outside any other."""
+        """For offline work (evaluation), outside any event loop."""
+        return [c.text for c in self.run_sync(self.complete_batch(list(prompts), sampling, adapter))]
+
+    def run_sync(self, coro):
+        """Run `coro` on this engine's own event loop: vLLM binds its output handler to the loop of
+        the first request, so offline callers must always use the same one."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        done = self._loop.run_until_complete(self.complete_batch(list(prompts), sampling, adapter))
-        return [c.text for c in done]
+        return self._loop.run_until_complete(coro)
 
     # -- adapters ------------------------------------------------------------------------------------
     async def load_adapter(self, name: str, path: str) -> None:
@@ -205,6 +209,22 @@ class VLLMEngine:
 
     def adapters(self) -> dict[str, str]:
         return {name: r.lora_path for name, r in self._adapters.items()}
+
+    def describe(self) -> dict:
+        """The settings the running engine actually uses (read back from vLLM, not from our config)."""
+        c = self.llm.vllm_config
+        return {
+            "kind": "vllm",
+            "device": str(c.device_config.device),
+            "dtype": str(c.model_config.dtype).removeprefix("torch."),
+            "max_model_len": c.model_config.max_model_len,
+            "tensor_parallel_size": c.parallel_config.tensor_parallel_size,
+            "gpu_memory_utilization": c.cache_config.gpu_memory_utilization,
+            "kv_cache_memory_bytes": c.cache_config.kv_cache_memory_bytes,
+            "enable_prefix_caching": c.cache_config.enable_prefix_caching,
+            "quantization": c.model_config.quantization,
+            "max_lora_rank": c.lora_config.max_lora_rank if c.lora_config else None,
+        }
 
     # -- life ----------------------------------------------------------------------------------------
     def is_healthy(self) -> bool:

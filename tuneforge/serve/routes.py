@@ -113,4 +113,4 @@ async def ready(request: Request):
         status = "failed" if svc.load_error else "loading"
         body = {"status": status, "error": svc.load_error}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return {"status": "ready", "models": svc.model_names()}
+    return {"status": "ready", "models": svc.model_names(), "engine": svc.engine.describe()}
