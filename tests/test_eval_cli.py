@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+import pytest
 from mlflow.tracking import MlflowClient
 from test_train_cli import last_json, tuneforge, write_recipe
 
@@ -77,3 +78,34 @@ def test_long_plain_texts_are_scored_in_sliding_windows(tiny_model_dir, tmp_path
     assert lengths[0] > 64  # longer than the context: needs windows, not truncation
     assert result["perplexity_tokens"] == sum(n - 1 for n in lengths)  # every token after the first, once
     assert result["num_examples"] == 0  # no references: no task metrics
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_compare_generates_through_vllm_with_the_same_results_as_transformers(tmp_path):
+    """Evaluation generates through the server's engine when vLLM is installed; in float32 its
+    results are those of the transformers path, case by case."""
+    pytest.importorskip("vllm")
+    from test_serve_real import random_adapter
+
+    from tuneforge.models.resolve import resolve_model
+
+    adapter = random_adapter(resolve_model("smollm2-135m-instruct").path, tmp_path / "adapter")
+    common = [
+        "configs/demo-cpu.yaml",
+        "eval.limit=6",
+        "eval.perplexity=false",
+        f"training.output_dir={tmp_path / 'run'}",
+        "--adapter",
+        str(adapter),
+    ]
+    results = {}
+    for engine in ("vllm", "transformers"):
+        out = tuneforge("compare", *common[:4], f"inference.engine={engine}", *common[4:])
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[engine] = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert results["vllm"]["base"]["engine"] == "vllm"
+    for side in ("base", "finetuned"):
+        by_engine = [[c["prediction"] for c in results[e][side]["cases"]] for e in ("vllm", "transformers")]
+        assert by_engine[0] == by_engine[1]
+    assert results["vllm"]["base"]["cases"] != results["vllm"]["finetuned"]["cases"]

@@ -7,7 +7,8 @@ from conftest import write_rows
 from transformers import AutoModelForCausalLM
 
 from tuneforge.config import SamplingParams
-from tuneforge.engines.transformers_engine import TransformersEngine, _cut_at_stop
+from tuneforge.engines.base import cut_at_stop
+from tuneforge.engines.transformers_engine import TransformersEngine
 from tuneforge.errors import DatasetError
 from tuneforge.eval.evaluator import ModelEvaluator, load_test_cases
 from tuneforge.models.tiny import build_tiny_model
@@ -57,7 +58,7 @@ def test_stop_strings_cut_the_output(tiny_model_dir, tokenizer):
     stop = free[len(free) // 2 :]
     cut = engine.generate(["Hello"], SamplingParams(temperature=0, max_tokens=8, stop=[stop]))[0]
     assert cut == free[: free.find(stop)]  # everything before the stop string, which is left out
-    assert _cut_at_stop("abcSTOPdefEND", ["END", "STOP"]) == "abc"
+    assert cut_at_stop("abcSTOPdefEND", ["END", "STOP"]) == ("abc", True)
 
 
 def test_missing_or_empty_test_data_fails_fast(tmp_path, tokenizer):

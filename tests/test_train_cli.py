@@ -30,6 +30,7 @@ def write_recipe(path, tiny_model_dir, data_file, out, uri, **training):
         '  eval_strategy: "no"',
         *[f"  {k}: {v}" for k, v in training.items()],
         f"tracking:\n  tracking_uri: {uri}",
+        "inference:\n  engine: transformers  # tiny models: vLLM's start-up would dominate",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

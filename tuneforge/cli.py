@@ -8,6 +8,9 @@
     tuneforge export runs/demo-cpu/adapter            # merged model in the base dtype
     tuneforge compare configs/demo-cpu.yaml --adapter runs/demo-cpu/adapter   # base vs fine-tuned
     tuneforge serve smollm2-135m-instruct --adapter demo=runs/demo-cpu/adapter   # HTTP: SSE, OpenAI
+    tuneforge bench --url http://127.0.0.1:8000 --concurrency 1,4,16   # latency percentiles, throughput
+    tuneforge cost --instance g6.xlarge --rps 2 --hours 1.5   # training and serving cost
+    tuneforge estimate configs/llama3-8b-qlora.yaml       # memory, time and cost before training
     tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
 
 Commands print a table for people, then one JSON line for scripts. Errors name the file, line, key or
@@ -541,9 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("section", nargs="?", help="only this section (model, data, lora, training, ...)")
     p.set_defaults(func=cmd_config_keys)
 
+    from tuneforge.bench.cli import register as register_bench
+    from tuneforge.cost.cli import register as register_cost
     from tuneforge.serve.cli import register as register_serve
 
     register_serve(sub, fmt)
+    register_bench(sub)
+    register_cost(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +70,80 @@ def test_perplexity(model, tokenizer, recipe: Recipe, data_file: str, limit: int
     return {"perplexity": acc.perplexity, "perplexity_tokens": acc.tokens}
 
 
-def evaluate_one(
-    recipe: Recipe, model, tokenizer, name: str, cases: list[TestCase], data_file: str
-) -> dict[str, Any]:
-    from tuneforge.engines.transformers_engine import TransformersEngine
+@dataclass(frozen=True)
+class ModelSpec:
+    """One side of an evaluation: a model reference, optionally with an adapter."""
+
+    reference: str
+    adapter: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.reference} + {self.adapter}" if self.adapter else self.reference
+
+
+class AdapterBound:
+    """An engine with one adapter chosen (None: the base model), as the evaluator sees it."""
+
+    def __init__(self, engine, adapter: str | None, name: str):
+        self.engine, self.adapter, self.name = engine, adapter, name
+
+    def generate(self, prompts, sampling):
+        return self.engine.generate(prompts, sampling, self.adapter)
+
+
+def generate_with_vllm(recipe: Recipe, specs: list[ModelSpec], cases: list[TestCase]) -> list[dict]:
+    """Task metrics for every spec through vLLM: one engine per base model, adapters as LoRA requests
+    (so base and base + adapter share one engine). Each engine is shut down before the next starts."""
+    from tuneforge.engines.vllm_engine import VLLMEngine
 
     evaluator = ModelEvaluator(recipe.eval.metrics, recipe.sampling)
-    engine = TransformersEngine(model, tokenizer, recipe.eval.batch_size, name)
-    with tqdm(total=len(cases), desc=f"generating ({name})", unit="case") as bar:
-        result = evaluator.evaluate_task(engine, cases, bar)
-    if recipe.eval.perplexity:
-        result.update(test_perplexity(model, tokenizer, recipe, data_file, recipe.eval.limit))
-    return result
+    results: list[dict] = [{} for _ in specs]
+    for reference in dict.fromkeys(s.reference for s in specs):
+        mine = [i for i, s in enumerate(specs) if s.reference == reference]
+        lora = any(specs[i].adapter for i in mine)
+        engine = VLLMEngine.start(
+            reference, recipe.inference, enable_lora=lora, cache_dir=recipe.model.cache_dir
+        )
+        try:
+            for i in mine:
+                spec = specs[i]
+                name = None
+                if spec.adapter:
+                    name = f"adapter{i}"
+                    engine.run_sync(engine.load_adapter(name, str(spec.adapter)))
+                with tqdm(total=len(cases), desc=f"generating ({spec.name}, vLLM)", unit="case") as bar:
+                    results[i] = evaluator.evaluate_task(AdapterBound(engine, name, spec.name), cases, bar)
+        finally:
+            engine.close()
+    return results
+
+
+def evaluate_models(
+    recipe: Recipe, specs: list[ModelSpec], cases: list[TestCase], data_file: str
+) -> list[dict]:
+    """Task metrics (generation through vLLM when it is installed, else transformers) and perplexity
+    (transformers: it needs every token's log-likelihood) for each spec, on the same cases."""
+    from tuneforge.engines.select import pick_engine
+    from tuneforge.engines.transformers_engine import TransformersEngine
+
+    kind = pick_engine(recipe.inference.engine) if cases else "transformers"
+    results = generate_with_vllm(recipe, specs, cases) if kind == "vllm" else [{} for _ in specs]
+    evaluator = ModelEvaluator(recipe.eval.metrics, recipe.sampling)
+    for i, spec in enumerate(specs):
+        if kind == "vllm" and not recipe.eval.perplexity:
+            continue
+        model, tokenizer, name = load_model(recipe, spec.reference, spec.adapter)
+        if kind != "vllm":
+            engine = TransformersEngine(model, tokenizer, recipe.eval.batch_size, name)
+            with tqdm(total=len(cases), desc=f"generating ({name})", unit="case") as bar:
+                results[i] = evaluator.evaluate_task(engine, cases, bar)
+        if recipe.eval.perplexity:
+            results[i].update(test_perplexity(model, tokenizer, recipe, data_file, recipe.eval.limit))
+        del model
+    for result in results:
+        result["engine"] = kind
+    return results
 
 
 def _cases(recipe: Recipe, tokenizer, data_file: str | None) -> tuple[str, list[TestCase]]:
@@ -96,11 +158,17 @@ def _cases(recipe: Recipe, tokenizer, data_file: str | None) -> tuple[str, list[
 
 
 def run_eval(recipe: Recipe, adapter: str | None = None, data_file: str | None = None) -> dict[str, Any]:
-    model, tokenizer, name = load_model(recipe, adapter=adapter)
-    path, cases = _cases(recipe, tokenizer, data_file)
-    result = evaluate_one(recipe, model, tokenizer, name, cases, path)
+    path, cases = _cases(recipe, _tokenizer(recipe, recipe.model.name_or_path), data_file)
+    [result] = evaluate_models(recipe, [ModelSpec(recipe.model.name_or_path, adapter)], cases, path)
     result["sampling"] = vars(recipe.sampling)
     return result
+
+
+def _tokenizer(recipe: Recipe, reference: str):
+    from tuneforge.models.resolve import load_tokenizer
+
+    m = recipe.model
+    return load_tokenizer(reference, m.cache_dir, m.revision, m.trust_remote_code)
 
 
 def same_tokenizer(a, b) -> bool:
@@ -114,12 +182,9 @@ def run_compare(
     if adapter is None and other is None:
         raise ValueError("compare needs --adapter or --other")
     notes: list[str] = []
-    base_model, base_tok, base_name = load_model(recipe)
+    base_tok = _tokenizer(recipe, recipe.model.name_or_path)
     path, cases = _cases(recipe, base_tok, data_file)
-    base = evaluate_one(recipe, base_model, base_tok, base_name, cases, path)
-    del base_model
-    tuned_model, tuned_tok, tuned_name = load_model(recipe, reference=other, adapter=adapter)
-    if not same_tokenizer(base_tok, tuned_tok):
+    if other is not None and not same_tokenizer(base_tok, _tokenizer(recipe, other)):
         # different prompts and tokens: task metrics still compare on the base model's prompts,
         # perplexities do not compare at all
         notes.append(
@@ -128,9 +193,8 @@ def run_compare(
         )
         log.warning("%s", notes[-1])
         recipe = replace(recipe, eval=replace(recipe.eval, perplexity=False))
-        base.pop("perplexity", None)
-        base.pop("perplexity_tokens", None)
-    tuned = evaluate_one(recipe, tuned_model, tuned_tok, tuned_name, cases, path)
+    specs = [ModelSpec(recipe.model.name_or_path), ModelSpec(other or recipe.model.name_or_path, adapter)]
+    base, tuned = evaluate_models(recipe, specs, cases, path)
     return {
         "base": base,
         "finetuned": tuned,
@@ -138,6 +202,7 @@ def run_compare(
         "sampling": vars(recipe.sampling),
         "case_ids": [c.id for c in cases],
         "data": path,
+        "notes": notes,
     }
 
 
