@@ -229,3 +229,331 @@ def test_estimate_cli(tmp_path, capsys):
     assert (
         json.loads((tmp_path / "estimate.json").read_text())["model"] == "mistralai/Mistral-7B-Instruct-v0.3"
     )
+
+
+# --------------------------------------------------------------------------- serving estimates
+
+SMOL_H100 = """serving_references:
+  - {model: HuggingFaceTB/SmolLM2-135M-Instruct, params_b: 0.1345, gpu: H100-SXM-80GB, dtype: bf16,
+     engine: vLLM, engine_version: "0.26.0", concurrency: 16, input_len: 128, output_len: 64,
+     request_throughput_rps: 50.0, output_tokens_per_s: 3200, date: "2026-12-01", source: test}
+"""
+
+
+def _serving_catalog(extra_refs: str = ""):
+    """Round numbers: REF 2000 GB/s, SLOW 500 GB/s (x0.25), TINY 8 GB of memory."""
+    from tuneforge.cost.catalog import Catalog, parse_catalog
+
+    doc = (
+        "gpus:\n"
+        "  - {name: REF-80GB, memory_bandwidth_gbps: 2000, memory_gb: 80, source: t}\n"
+        "  - {name: SLOW-24GB, memory_bandwidth_gbps: 500, memory_gb: 24, source: t}\n"
+        "  - {name: TINY-8GB, memory_bandwidth_gbps: 400, memory_gb: 8, source: t}\n"
+        "serving_references:\n"
+        "  - {model: Big-8B, params_b: 8, gpu: REF-80GB, dtype: bf16, engine: vLLM, concurrency: 16,\n"
+        "     output_len: 512, request_throughput_rps: 4, output_tokens_per_s: 2048, source: t}\n"
+        "  - {model: Big-8B, params_b: 8, gpu: REF-80GB, dtype: bf16, engine: vLLM, concurrency: 64,\n"
+        "     output_len: 512, request_throughput_rps: 12, output_tokens_per_s: 6144, source: t}\n"
+        "  - {model: Small-1B, params_b: 1, gpu: REF-80GB, dtype: bf16, engine: vLLM, concurrency: 16,\n"
+        "     output_len: 512, output_tokens_per_s: 8000, source: t}\n"
+        "  - {model: Other-1B, params_b: 1, gpu: REF-80GB, dtype: bf16, engine: vLLM, concurrency: 16,\n"
+        "     output_len: 512, output_tokens_per_s: 5000, source: t}\n"
+        "  - {model: Small-1B, params_b: 1, gpu: null, dtype: bf16, engine: vllm-cpu, concurrency: 16,\n"
+        "     output_len: 64, output_tokens_per_s: 300000, source: a CPU figure that must never be scaled}\n"
+        + extra_refs
+    )
+    import yaml
+
+    return parse_catalog(yaml.safe_load(doc), "test.yaml", Catalog())
+
+
+def test_every_catalog_gpu_has_a_sourced_memory_bandwidth():
+    catalog = load_catalog()
+    for inst in catalog.instances.values():
+        if inst.is_gpu:
+            spec = catalog.gpu_spec(inst.gpu)
+            assert spec is not None and spec.source and spec.memory_bandwidth_gbps > 0, inst.name
+            assert spec.memory_gb == inst.gpu_memory_gb, inst.name
+    assert catalog.gpu_spec("h100-sxm-80gb").memory_bandwidth_gbps == 3350
+    assert catalog.gpu_spec("A10G-24GB").memory_bandwidth_gbps == 600
+
+
+def test_the_anchored_7b_references_are_in_the_catalog():
+    refs = {
+        (r.model, r.concurrency, r.dtype): r
+        for r in load_catalog().serving_references
+        if r.gpu == "H100-SXM-80GB"
+    }
+    at256 = refs[("Mistral-7B shape", 256, "bf16")]
+    assert (at256.request_throughput_rps, at256.output_tokens_per_s) == (35.0, 17905)
+    assert (at256.engine, at256.engine_version, at256.input_len, at256.output_len) == (
+        "vLLM",
+        "0.26.0",
+        128,
+        512,
+    )
+    at16 = refs[("Mistral-7B shape", 16, "bf16")]
+    assert (at16.request_throughput_rps, at16.output_tokens_per_s) == (4.6, 2370)
+    assert refs[("Llama-2-7B shape", 256, "bf16")].request_throughput_rps == 15.9
+
+
+def test_bandwidth_scaling_on_known_numbers():
+    from tuneforge.cost.serving import estimate_serving_throughput
+
+    catalog = _serving_catalog()
+    est = estimate_serving_throughput(8, "SLOW-24GB", catalog, concurrency=16)
+    assert est.output_tokens_per_second == pytest.approx(2048 * 0.25)
+    assert est.requests_per_second == pytest.approx(1.0)
+    assert est.bandwidth_ratio == 0.25 and est.params_ratio == 1.0 and not est.upper_bound
+    assert est.basis.startswith("estimated: vLLM Big-8B bf16 measured on REF-80GB (batch 16)")
+    assert "memory bandwidth REF-80GB->SLOW-24GB (x0.25)" in est.basis and "parameters" not in est.basis
+    # the same concurrency wins; without one, the highest (saturated) figure
+    assert estimate_serving_throughput(8, "SLOW-24GB", catalog, 64).output_tokens_per_second == 1536
+    assert estimate_serving_throughput(8, "SLOW-24GB", catalog).reference.concurrency == 64
+    closest = estimate_serving_throughput(8, "SLOW-24GB", catalog, 32)
+    assert closest.reference.concurrency in (16, 64) and "the closest measured to 32" in closest.basis
+    # on the shipped catalog: H100 -> A10G is x0.18
+    shipped = estimate_serving_throughput(7.25, "A10G-24GB", load_catalog(), concurrency=16)
+    assert shipped.output_tokens_per_second == pytest.approx(2370 * 600 / 3350)
+    assert shipped.requests_per_second == pytest.approx(4.6 * 600 / 3350)
+    assert "Mistral-7B shape bf16 measured on H100-SXM-80GB (batch 16)" in shipped.basis
+    assert "H100-SXM-80GB->A10G-24GB (x0.18)" in shipped.basis
+
+
+def test_parameter_scaling_and_the_upper_bound_label():
+    from tuneforge.cost.serving import estimate_serving_throughput
+
+    catalog = _serving_catalog()
+    smaller = estimate_serving_throughput(4, "REF-80GB", catalog, concurrency=16)
+    assert smaller.reference.model == "Big-8B"  # 8B is closer to 4B than 1B is
+    assert smaller.output_tokens_per_second == pytest.approx(4096) and smaller.params_ratio == 2
+    assert smaller.upper_bound and "parameters 8B->4B (x2, an upper bound" in smaller.basis
+    assert "same GPU" in smaller.basis
+    larger = estimate_serving_throughput(16, "REF-80GB", catalog, concurrency=16)
+    assert larger.output_tokens_per_second == pytest.approx(1024)
+    assert not larger.upper_bound and "upper bound" not in larger.basis
+    # requests of another length: tok/s stays, req/s follows the output tokens per request
+    short = estimate_serving_throughput(8, "REF-80GB", catalog, concurrency=16, output_len=128)
+    assert short.output_tokens_per_second == 2048 and short.requests_per_second == pytest.approx(16)
+    assert "128 output tokens instead of 512" in short.basis
+    # derived: Small-1B gives only tok/s; req/s = tok/s / output_len
+    assert estimate_serving_throughput(1, "REF-80GB", catalog, 16, model="Small-1B").requests_per_second == (
+        pytest.approx(8000 / 512)
+    )
+
+
+def test_an_exact_model_match_is_preferred_and_a_cpu_reference_is_never_scaled():
+    from tuneforge.cost.catalog import Catalog, parse_catalog
+    from tuneforge.cost.serving import estimate_serving_throughput
+
+    catalog = _serving_catalog()
+    assert (
+        estimate_serving_throughput(1, "REF-80GB", catalog, 16, model="Other-1B").reference.model
+        == "Other-1B"
+    )
+    small = estimate_serving_throughput(1.01, "REF-80GB", catalog, 16, model="acme/small-1b-instruct")
+    assert small.reference.model == "Small-1B" and small.params_ratio == 1.0  # within 2%: not scaled
+    assert small.reference.gpu == "REF-80GB"  # the CPU entry of Small-1B (300,000 tok/s) is never used
+    # the name wins over a closer parameter count
+    assert estimate_serving_throughput(4, "REF-80GB", catalog, 16).reference.model == "Big-8B"
+    assert (
+        estimate_serving_throughput(4, "REF-80GB", catalog, 16, model="Small-1B").reference.model
+        == "Small-1B"
+    )
+    cpu_only = parse_catalog(
+        {
+            "gpus": [{"name": "REF-80GB", "memory_bandwidth_gbps": 2000, "memory_gb": 80, "source": "t"}],
+            "serving_references": [
+                {
+                    "model": "m",
+                    "params_b": 1,
+                    "gpu": None,
+                    "dtype": "bf16",
+                    "engine": "vllm-cpu",
+                    "concurrency": 1,
+                    "output_tokens_per_s": 30,
+                    "source": "t",
+                }
+            ],
+        },
+        "t",
+        Catalog(),
+    )
+    with pytest.raises(ConfigError, match="no bf16 serving reference measured on a GPU"):
+        estimate_serving_throughput(1, "REF-80GB", cpu_only)
+
+
+def test_gpus_without_room_for_the_weights_are_skipped():
+    from tuneforge.cost.analyzer import CostAnalyzer
+    from tuneforge.cost.serving import estimate_serving_costs, estimate_serving_throughput
+
+    catalog = _serving_catalog()
+    assert estimate_serving_throughput(3.6, "TINY-8GB", catalog) is not None  # 7.2 GB = 90% of 8
+    assert estimate_serving_throughput(3.7, "TINY-8GB", catalog) is None
+    with pytest.raises(ConfigError, match="no memory bandwidth for GPU 'B200'"):
+        estimate_serving_throughput(1, "B200", catalog)
+    shipped = load_catalog()
+    result = estimate_serving_costs(CostAnalyzer(shipped), params_b=13.0, concurrency=16)
+    shown = {r["instance"] for r in result["rows"]}
+    skipped = {s["instance"]: s["reason"] for s in result["skipped"]}
+    assert "g4dn.xlarge" in skipped and "26 GB of bf16 weights exceed 90%" in skipped["g4dn.xlarge"]
+    assert "g5.xlarge" in skipped and "runpod-l40s" in shown and "p5.48xlarge" in shown
+    costs = [r["cost_per_1k_requests_usd"] for r in result["rows"]]
+    assert costs == sorted(costs)  # cheapest first
+    p5 = next(r for r in result["rows"] if r["instance"] == "p5.48xlarge")
+    one = next(r for r in result["rows"] if r["instance"] == "gpu_1x_h100_sxm5")
+    assert p5["output_tokens_per_second"] == pytest.approx(8 * one["output_tokens_per_second"])
+    assert "x8 GPUs (one replica per GPU)" in p5["how"]
+
+
+def test_bad_serving_entries_name_the_field(tmp_path):
+    path = tmp_path / "refs.yaml"
+    path.write_text(
+        "serving_references:\n  - {model: m, params_b: 1, gpu: H100-SXM-80GB, dtype: bf16, engine: vLLM,\n"
+        "     concurrency: 4, source: t}\n"
+    )
+    with pytest.raises(ConfigError, match=r"serving_references\[0\]: give 'request_throughput_rps'"):
+        load_catalog([path])
+    path.write_text("gpus:\n  - {name: X, memory_bandwidth_gbps: 0, memory_gb: 8, source: t}\n")
+    with pytest.raises(ConfigError, match=r"gpus\[0\] \(X\): field 'memory_bandwidth_gbps' must be > 0"):
+        load_catalog([path])
+
+
+def test_model_size_from_its_name():
+    from tuneforge.cost.serving import params_from_model_name
+
+    assert params_from_model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == pytest.approx(0.1345, rel=1e-3)
+    assert params_from_model_name("Qwen/Qwen2.5-0.5B-Instruct") == 0.5
+    assert params_from_model_name("meta-llama/Llama-3.1-8B") == 8.0
+    assert params_from_model_name("my-adapter") is None
+
+
+def test_serving_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tuneforge.cost.serving; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _bench_results(path: Path, rps_at_16: float = 4.7, model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"):
+    def run(concurrency, rps, tok_s, completed=32):
+        return {
+            "load": {"mode": "concurrency", "concurrency": concurrency},
+            "summary": {
+                "requests": {"total": completed, "completed": completed, "failed": 0, "errors": {}},
+                "duration_s": 10.0,
+                "request_throughput_rps": rps,
+                "output_throughput_tok_s": tok_s,
+                "input_tokens": 4000,
+                "output_tokens": completed * 64,
+                "latency_ms": {},
+            },
+            "records": [],
+            "resources": None,
+        }
+
+    path.write_text(
+        json.dumps(
+            {
+                "title": "t",
+                "target": {"api": "openai", "url": "http://127.0.0.1:8000", "model": model, "max_tokens": 64},
+                "workload": {"prompts": "synthetic, 128 words each", "max_tokens": 64},
+                "server_device": "cpu",
+                "notes": [],
+                "runs": [run(1, 0.6, 39.0), run(16, rps_at_16, rps_at_16 * 64)],
+            }
+        )
+    )
+    return path
+
+
+def test_cost_cli_prints_measured_cpu_and_estimated_gpu_serving_costs(tmp_path, capsys, monkeypatch):
+    import tuneforge.cost.cli as cost_cli
+
+    bench = _bench_results(tmp_path / "results.json")
+    monkeypatch.setattr(
+        cost_cli,
+        "training_from_mlflow",
+        lambda run_id, uri: (2.0, f"MLflow run {run_id} final/train_runtime on cpu", "cpu"),
+    )
+    argv = ["cost", "--bench", str(bench), "--instance", "c7i.large", "--estimate-gpus", "--top", "5"]
+    code, payload = _run([*argv, "--mlflow-run-id", "abc", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0
+    assert (
+        payload["training_cost_usd"] == pytest.approx(0.08925 * 2) and payload["training_basis"] == "measured"
+    )
+    measured = payload["measured_serving"]
+    assert measured["basis"] == "measured" and measured["device"] == "cpu" and measured["hardware"] == "CPU"
+    assert measured["cost_per_1k_requests_usd"] == pytest.approx(0.08925 / (3.6 * 4.7))
+    rows = payload["estimated_serving"]
+    assert len(rows) == 5 and all(
+        r["basis"] == "estimated" and r["how"].startswith("estimated: ") for r in rows
+    )
+    assert all(r["hardware"] != "CPU" and r["upper_bound"] and "upper bound" in r["how"] for r in rows)
+    assert [r["cost_per_1k_requests_usd"] for r in rows] == sorted(
+        r["cost_per_1k_requests_usd"] for r in rows
+    )
+    inputs = payload["estimate_inputs"]
+    assert inputs["params_b"] == pytest.approx(0.1345, rel=1e-3) and inputs["concurrency"] == 16
+    assert inputs["output_len"] == 64
+    # the GPU rows never come from the CPU benchmark: ten times its throughput changes none of them
+    _bench_results(bench, rps_at_16=47.0)
+    _, again = _run([*argv, "--out", str(tmp_path / "b")], capsys)
+    assert again["estimated_serving"] == rows
+    assert again["measured_serving"]["requests_per_second"] == 47.0
+    for name in ("cost.md", "cost.html"):
+        doc = (tmp_path / "a" / name).read_text()
+        assert "Serving cost: measured and estimated" in doc and "estimated (upper bound)" in doc
+        assert "measured: " in doc and "scaled by memory bandwidth" in doc
+        assert "training cost" in doc
+    assert len(json.loads((tmp_path / "a" / "cost.json").read_text())["serving_estimates"]["rows"]) == 5
+
+
+def test_cost_cli_uses_a_measured_reference_of_the_same_model(tmp_path, capsys):
+    """Adding a measured SmolLM2 entry to a catalog is all it takes to replace the scaled-down 7B figure."""
+    bench = _bench_results(tmp_path / "results.json")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(SMOL_H100)
+    argv = [
+        "cost",
+        "--bench",
+        str(bench),
+        "--instance",
+        "c7i.large",
+        "--estimate-gpus",
+        "--catalog",
+        str(mine),
+    ]
+    _, payload = _run([*argv, "--top", "50", "--out", str(tmp_path)], capsys)
+    h100 = next(r for r in payload["estimated_serving"] if r["instance"] == "gpu_1x_h100_sxm5")
+    assert h100["output_tokens_per_second"] == 3200 and h100["requests_per_second"] == 50.0
+    assert "SmolLM2-135M-Instruct bf16 measured on H100-SXM-80GB (batch 16), same GPU" in h100["how"]
+    assert not h100["upper_bound"]
+    a10g = next(r for r in payload["estimated_serving"] if r["instance"] == "g5.xlarge")
+    assert a10g["output_tokens_per_second"] == pytest.approx(3200 * 600 / 3350)
+
+
+def test_cost_cli_estimates_refuse_what_they_cannot_do(tmp_path, capsys):
+    bench = _bench_results(tmp_path / "results.json", model="my-adapter")
+    with pytest.raises(ConfigError, match="--params-b"):
+        _run(["cost", "--bench", str(bench), "--instance", "c7i.large", "--estimate-gpus"], capsys)
+    with pytest.raises(ConfigError, match="measured on a CPU"):  # a CPU figure priced on a GPU instance
+        _run(
+            [
+                "cost",
+                "--bench",
+                str(bench),
+                "--instance",
+                "g5.xlarge",
+                "--estimate-gpus",
+                "--params-b",
+                "0.1",
+            ],
+            capsys,
+        )
+    # no --instance: estimates only, for a model given by size
+    argv = ["cost", "--estimate-gpus", "--params-b", "7.25", "--concurrency", "256", "--top", "3"]
+    code, payload = _run([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 0 and payload["measured_serving"] is None and len(payload["estimated_serving"]) == 3
+    assert "Estimated serving cost" in (tmp_path / "cost.md").read_text()

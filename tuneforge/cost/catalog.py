@@ -6,6 +6,10 @@
 
 A user file has the shape of catalog.yaml (any of its sections). A bad entry fails with the file, the
 entry and the field named; an unknown instance name fails with the closest names.
+
+Sections: `instances` (prices), `gpus` (memory and memory bandwidth of each GPU model, for serving
+estimates), `training_references`, `serving_references` (measured throughputs; tuneforge.cost.serving scales
+them to other GPUs and model sizes) and `qlora_throughput_factor`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import yaml
 from tuneforge.errors import ConfigError
 
 BUILTIN = "catalog.yaml"
-SECTIONS = ("instances", "training_references", "serving_references", "qlora_throughput_factor")
+SECTIONS = ("instances", "gpus", "training_references", "serving_references", "qlora_throughput_factor")
 
 
 @dataclass(frozen=True)
@@ -107,23 +111,88 @@ class TrainingReference:
 
 
 @dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    """GPU model as instances name it (H100-SXM-80GB); matched case-insensitively."""
+    memory_bandwidth_gbps: float
+    """Memory bandwidth from the vendor's spec sheet, GB/s (10^9 bytes per second)."""
+    memory_gb: float
+    """Memory of one GPU, GB, as the spec sheet gives it."""
+    source: str
+    """Where the figures come from (a URL or document)."""
+    note: str | None = None
+    """How sure the figure is, and anything a user should know (no bf16 on T4)."""
+    origin: str = "builtin"
+    """The catalog file the entry came from."""
+
+
+@dataclass(frozen=True)
 class ServingReference:
-    gpu: str | None
+    """One measured serving throughput: what served what, how hard it was loaded, and how fast it went."""
+
     model: str
+    """Model name or shape (Mistral-7B shape, HuggingFaceTB/SmolLM2-135M-Instruct)."""
     params_b: float
-    precision: str
+    """Its parameters, billions."""
+    gpu: str | None
+    """GPU model it ran on, as in `gpus` (H100-SXM-80GB); null for a CPU measurement (never scaled)."""
+    dtype: str
+    """Weights as served: bf16, fp16, awq-4bit."""
     engine: str
+    """Serving engine (vLLM)."""
+    engine_version: str | None
+    """Its version (0.26.0)."""
     concurrency: int
-    request_throughput_rps: float | None = None
-    output_tokens_per_s: float | None = None
+    """Requests in flight (the batch of an offline run)."""
+    input_len: int | None
+    """Prompt tokens per request."""
+    output_len: int | None
+    """Generated tokens per request (with ignore_eos, every request generates exactly this many)."""
+    request_throughput_rps: float | None
+    """Completed requests per second."""
+    output_tokens_per_s: float | None
+    """Generated tokens per second, all requests together."""
+    date: str | None
+    """When it was measured (YYYY-MM-DD)."""
+    source: str
+    """Who measured it and where it is recorded."""
     ms_per_token: float | None = None
+    """Per-stream decode time, at concurrency 1."""
+    gpu_count: int = 1
+    """GPUs the figure was measured on (the estimate divides by it)."""
     setup: str = ""
-    source: str = ""
+    """Anything else: weights (random or real), offline or server, kernels."""
+
+    def throughputs(self) -> tuple[float | None, float | None]:
+        """(requests/s, output tokens/s), each derived from the other through output_len when missing."""
+        rps, tok_s = self.request_throughput_rps, self.output_tokens_per_s
+        if tok_s is None and self.ms_per_token and self.concurrency == 1:
+            tok_s = 1000.0 / self.ms_per_token
+        if self.output_len:
+            if rps is None and tok_s is not None:
+                rps = tok_s / self.output_len
+            if tok_s is None and rps is not None:
+                tok_s = rps * self.output_len
+        return rps, tok_s
+
+    def key(self) -> tuple:
+        """Entries of a user file with the same key replace the shipped one."""
+        return (
+            self.model,
+            (self.gpu or "").upper(),
+            self.dtype,
+            self.engine,
+            self.engine_version,
+            self.concurrency,
+            self.input_len,
+            self.output_len,
+        )
 
 
 @dataclass
 class Catalog:
     instances: dict[str, Instance] = field(default_factory=dict)
+    gpus: dict[str, GpuSpec] = field(default_factory=dict)
     training_references: list[TrainingReference] = field(default_factory=list)
     serving_references: list[ServingReference] = field(default_factory=list)
     qlora_throughput_factor: float = 0.93
@@ -145,6 +214,12 @@ class Catalog:
             f"unknown instance type '{name}'{hint} (`tuneforge cost --list` shows the catalog; "
             "--price-per-hour prices a machine of your own)"
         )
+
+    def gpu_spec(self, gpu: str | None) -> GpuSpec | None:
+        """The spec of GPU model `gpu` (case-insensitive), or None when the catalog has none."""
+        if not gpu:
+            return None
+        return self.gpus.get(gpu.upper())
 
     def training_reference(self, gpu_family: str | None) -> TrainingReference | None:
         if gpu_family is None:
@@ -195,7 +270,9 @@ def _check_entry(cls, raw: Any, where: str, origin: str):
         if "float" in hint:
             if not _is_number(value):
                 raise ConfigError(f"{where}: field '{key}' must be a number, got {value!r}")
-            if value < 0 or (key.endswith(("per_hour", "per_s", "params_b")) and value <= 0):
+            if value < 0 or (
+                key.endswith(("per_hour", "per_s", "rps", "params_b", "gbps", "memory_gb")) and value <= 0
+            ):
                 raise ConfigError(f"{where}: field '{key}' must be > 0, got {value!r}")
         elif "int" in hint:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -224,6 +301,18 @@ def _check_instance(raw: Any, where: str, origin: str) -> Instance:
     return inst
 
 
+def _check_serving(raw: Any, where: str, origin: str) -> ServingReference:
+    ref = _check_entry(ServingReference, raw, where, origin)
+    if ref.request_throughput_rps is None and ref.output_tokens_per_s is None and ref.ms_per_token is None:
+        raise ConfigError(
+            f"{where}: give 'request_throughput_rps' or 'output_tokens_per_s' "
+            "(or 'ms_per_token' at concurrency 1)"
+        )
+    if ref.concurrency < 1 or ref.gpu_count < 1:
+        raise ConfigError(f"{where}: fields 'concurrency' and 'gpu_count' must be >= 1")
+    return ref
+
+
 def parse_catalog(data: Any, origin: str, into: Catalog | None = None) -> Catalog:
     """Validate one catalog document and merge it into `into` (its entries replace same-named ones)."""
     catalog = into or Catalog()
@@ -243,23 +332,28 @@ def parse_catalog(data: Any, origin: str, into: Catalog | None = None) -> Catalo
             raise ConfigError(f"{where}: field 'name': '{inst.name}' appears twice in this file")
         seen.add(inst.name)
         catalog.instances[inst.name] = inst
-    for section, cls in (
-        ("training_references", TrainingReference),
-        ("serving_references", ServingReference),
-    ):
-        entries = [
-            _check_entry(cls, raw, f"{origin}: {section}[{i}]", origin)
-            for i, raw in enumerate(data.get(section) or [])
+    for i, raw in enumerate(data.get("gpus") or []):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        spec = _check_entry(GpuSpec, raw, f"{origin}: gpus[{i}]" + (f" ({name})" if name else ""), origin)
+        catalog.gpus[spec.name.upper()] = spec
+    training = [
+        _check_entry(TrainingReference, raw, f"{origin}: training_references[{i}]", origin)
+        for i, raw in enumerate(data.get("training_references") or [])
+    ]
+    if training:
+        keys = {(e.gpu, e.method) for e in training}
+        catalog.training_references[:] = [
+            e for e in catalog.training_references if (e.gpu, e.method) not in keys
         ]
-        if entries:
-            target = getattr(catalog, section)
-            keys = {(e.gpu, getattr(e, "method", None), getattr(e, "model", None)) for e in entries}
-            target[:] = [
-                e
-                for e in target
-                if (e.gpu, getattr(e, "method", None), getattr(e, "model", None)) not in keys
-            ]
-            target.extend(entries)
+        catalog.training_references.extend(training)
+    serving = [
+        _check_serving(raw, f"{origin}: serving_references[{i}]", origin)
+        for i, raw in enumerate(data.get("serving_references") or [])
+    ]
+    if serving:
+        keys = {e.key() for e in serving}
+        catalog.serving_references[:] = [e for e in catalog.serving_references if e.key() not in keys]
+        catalog.serving_references.extend(serving)
     if "qlora_throughput_factor" in data:
         factor = data["qlora_throughput_factor"]
         if not _is_number(factor) or not 0 < factor <= 1:

@@ -4,6 +4,7 @@
     tuneforge cost --instance p5.48xlarge --mlflow-run-id 3f2a... --rps 12.5
     tuneforge cost --instance g6.xlarge,g5.xlarge,gpu_1x_a10 --rps 2 --tok-s 300   # compare
     tuneforge cost --compare configs.yaml        # configurations: CostAnalyzer.compare_configurations
+    tuneforge cost --bench results.json --instance c7i.large --estimate-gpus --top 8   # + GPU estimates
     tuneforge cost --list                        # the catalog with dates and sources
     tuneforge estimate configs/llama3-8b-qlora.yaml --tokens 2000000
 
@@ -54,6 +55,21 @@ def throughput_from_benchmark(path: str | Path, level: int | None = None):
     with the highest request throughput."""
     from tuneforge.cost.analyzer import Throughput
 
+    results, run = _bench_run(path, level)
+    from tuneforge.bench.report import load_label
+
+    s = run["summary"]
+    return Throughput(
+        s["request_throughput_rps"],
+        s["output_throughput_tok_s"] or None,
+        "measured",
+        f"{path}, {load_label(run['load'])}",
+        results.get("server_device") or "unknown",
+    )
+
+
+def _bench_run(path: str | Path, level: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results, the run of `level`, or the one with the highest request throughput)."""
     try:
         results = json.loads(Path(path).read_text())
         runs = results["runs"]
@@ -69,16 +85,21 @@ def throughput_from_benchmark(path: str | Path, level: int | None = None):
     if not usable:
         raise ConfigError(f"{path}: no level completed any request; nothing to price")
     _, run = max(usable, key=lambda p: p[1]["summary"]["request_throughput_rps"])
-    from tuneforge.bench.report import load_label
+    return results, run
 
+
+def benchmark_workload(path: str | Path, level: int | None = None) -> dict[str, Any]:
+    """What the priced benchmark level served: the model name, its concurrency and the mean output tokens
+    per completed request (what GPU estimates are shaped to)."""
+    results, run = _bench_run(path, level)
     s = run["summary"]
-    return Throughput(
-        s["request_throughput_rps"],
-        s["output_throughput_tok_s"] or None,
-        "measured",
-        f"{path}, {load_label(run['load'])}",
-        results.get("server_device") or "unknown",
-    )
+    completed = s["requests"]["completed"]
+    per_request = s.get("output_tokens", 0) / completed if completed else None
+    return {
+        "model": (results.get("target") or {}).get("model"),
+        "concurrency": run["load"].get("concurrency") or run["load"].get("max_concurrency"),
+        "output_len": per_request or (results.get("workload") or {}).get("max_tokens"),
+    }
 
 
 def training_from_mlflow(run_id: str, tracking_uri: str | None) -> tuple[float, str, str]:
@@ -134,8 +155,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
         configs = _read_configs(args.compare)
         result = analyzer.compare_configurations(configs)
         return _finish_compare(result, args, comparison_rows, generate_cost_report)
-    if not args.instance:
-        print("error: cost needs --instance NAME (or --list, or --compare FILE)", file=sys.stderr)
+    if not args.instance and not args.estimate_gpus:
+        print(
+            "error: cost needs --instance NAME (or --list, --compare FILE, --estimate-gpus)", file=sys.stderr
+        )
         return 2
     hours, t_source, device = args.hours, "given with --hours", None
     if hours is None and args.mlflow_run_id:
@@ -147,7 +170,13 @@ def cmd_cost(args: argparse.Namespace) -> int:
             throughput.device = args.measured_on
     elif args.rps is not None or args.tok_s is not None:
         throughput = Throughput(args.rps, args.tok_s, "estimated", "given on the command line", "unknown")
-    names = [n.strip() for n in args.instance.split(",") if n.strip()]
+    names = [n.strip() for n in (args.instance or "").split(",") if n.strip()]
+    if args.estimate_gpus:
+        if len(names) > 1:
+            raise ConfigError("--estimate-gpus goes with one --instance (the measured one), or none")
+        return _cost_with_estimates(
+            args, analyzer, names[0] if names else None, hours, t_source, device, throughput
+        )
     if len(names) > 1:
         configs = []
         for n in names:
@@ -189,6 +218,110 @@ def cmd_cost(args: argparse.Namespace) -> int:
         "cost_per_1m_output_tokens_usd": inference.get("cost_per_1m_output_tokens_usd"),
         "inference_basis": inference.get("basis"),
         "breakdown_usd_per_hour": analysis["breakdown"]["usd_per_hour"],
+    }
+    print(json.dumps(payload, default=str))
+    return 0
+
+
+def _estimate_inputs(args: argparse.Namespace) -> tuple[float, str | None, int | None, float | None]:
+    """(params_b, model, concurrency, output_len) for the GPU estimates: flags first, then the benchmark."""
+    from tuneforge.cost.serving import params_from_model_name
+
+    workload = benchmark_workload(args.bench, args.level) if args.bench else {}
+    model = args.model or workload.get("model")
+    params_b = args.params_b or params_from_model_name(model)
+    if params_b is None:
+        raise ConfigError(
+            "--estimate-gpus needs the model's size: pass --params-b (billions), or --model with a known "
+            f"name (the benchmark's model is {model!r})"
+        )
+    concurrency = args.concurrency or workload.get("concurrency")
+    return params_b, model, concurrency, args.output_len or workload.get("output_len")
+
+
+def _measured_row(analysis: dict[str, Any]) -> dict[str, Any] | None:
+    inf, inst = analysis.get("inference"), analysis["instance"]
+    if not inf:
+        return None
+    return {
+        "basis": inf["basis"],
+        "instance": inst["name"],
+        "provider": inst["provider"],
+        "hardware": f"{inst['gpu_count']}x {inst['gpu']}" if inst["gpu_count"] else "CPU",
+        "device": inf["device"],
+        "usd_per_hour": analysis["pricing"]["usd_per_hour"],
+        "requests_per_second": inf["requests_per_second"],
+        "output_tokens_per_second": inf["output_tokens_per_second"],
+        "cost_per_1k_requests_usd": inf["cost_per_1k_requests_usd"],
+        "cost_per_1m_output_tokens_usd": inf["cost_per_1m_output_tokens_usd"],
+        "how": f"{inf['basis']}: {inf['source']} (served on {inf['device']})",
+    }
+
+
+def _cost_with_estimates(args, analyzer, name, hours, t_source, device, throughput) -> int:
+    """The measured cost on --instance (if given), then estimated serving costs on the catalog's GPUs."""
+    from tuneforge.cost.report import analysis_rows, generate_cost_report, serving_rows
+    from tuneforge.cost.serving import estimate_serving_costs
+
+    params_b, model, concurrency, output_len = _estimate_inputs(args)
+    estimates = estimate_serving_costs(
+        analyzer, params_b, concurrency, output_len, model, args.spot, args.top
+    )
+    analysis: dict[str, Any] = {}
+    if name:
+        inst = analyzer.instance(name)
+        if device is not None:
+            _check_training_device(inst, device)
+        analysis = analyzer.analyze(inst, hours, "measured", t_source, throughput, args.spot)
+    measured = _measured_row(analysis) if analysis else None
+    estimates["measured"] = measured
+    analysis["serving_estimates"] = estimates
+    out = Path(args.out)
+    generate_cost_report(analysis, out, f"Cost on {name}" if name else "Estimated serving cost")
+    if name:
+        _print_rows(analysis_rows(analysis))
+        for note in analysis["notes"]:
+            print(f"note: {note}")
+    print()
+    _print_table(serving_rows(analysis, with_how=False))
+    for i, r in enumerate(estimates["rows"], 1):
+        print(f"  [{i}] {r['instance']}: {r['how']}")
+    print(f"method: {estimates['method']}")
+    if estimates["skipped"]:
+        print("skipped: " + "; ".join(f"{s['instance']} ({s['reason']})" for s in estimates["skipped"]))
+    print(f"report  {out / 'cost.html'} (also cost.md, cost.json)")
+    if args.mlflow_run_id and args.log_to_run and name:
+        _log_cost(args.mlflow_run_id, args.tracking_uri, analysis, out)
+    training = analysis.get("training") or {}
+    keep = (
+        "basis",
+        "instance",
+        "hardware",
+        "usd_per_hour",
+        "requests_per_second",
+        "output_tokens_per_second",
+        "cost_per_1k_requests_usd",
+        "cost_per_1m_output_tokens_usd",
+        "how",
+    )
+    payload = {
+        "report": str(out / "cost.html"),
+        "instance": name,
+        "spot": args.spot,
+        "training_hours": training.get("hours"),
+        "training_cost_usd": training.get("cost_usd"),
+        "training_basis": training.get("basis"),
+        "measured_serving": {k: measured[k] for k in (*keep, "device")} if measured else None,
+        "estimated_serving": [
+            {**{k: r[k] for k in keep}, "upper_bound": r["upper_bound"]} for r in estimates["rows"]
+        ],
+        "estimate_inputs": {
+            "params_b": params_b,
+            "model": model,
+            "concurrency": concurrency,
+            "output_len": output_len,
+        },
+        "estimate_skipped": estimates["skipped"],
     }
     print(json.dumps(payload, default=str))
     return 0
@@ -376,10 +509,14 @@ def register(subparsers) -> None:
         description="Training cost = hourly rate x hours (--hours, or a tracked run's duration).\n"
         "Serving cost per 1K requests = rate / (3600 x requests/s) x 1000, from a `tuneforge bench`\n"
         "results.json (measured) or --rps (estimated). Prices come from the catalog (tuneforge/cost/\n"
-        "catalog.yaml, each with its date and source) plus your --catalog files.",
+        "catalog.yaml, each with its date and source) plus your --catalog files.\n"
+        "--estimate-gpus adds ESTIMATED serving costs on the catalog's GPU instances, labelled as such:\n"
+        "a vLLM throughput measured on a GPU, scaled by memory bandwidth and model size (tuneforge/cost/\n"
+        "serving.py says how); a CPU benchmark is priced on CPU instances only.",
         epilog="examples:\n  tuneforge cost --list\n"
         "  tuneforge cost --instance g5.xlarge --hours 3 --bench runs/bench/results.json\n"
         "  tuneforge cost --instance g6.xlarge,gpu_1x_a10,runpod-l40s --rps 2.5\n"
+        "  tuneforge cost --bench results.json --instance c7i.large --estimate-gpus --top 8\n"
         "  tuneforge cost --instance my-box --price-per-hour 0.9 --gpu A10-24GB --rps 2",
     )
     p.add_argument("--instance", help="catalog instance name, or several separated by commas to compare")
@@ -393,6 +530,19 @@ def register(subparsers) -> None:
     p.add_argument("--rps", type=float, help="serving throughput in requests/s (an estimate)")
     p.add_argument("--tok-s", type=float, help="serving throughput in output tokens/s (an estimate)")
     p.add_argument("--spot", action="store_true", help="use spot prices")
+    p.add_argument(
+        "--estimate-gpus",
+        action="store_true",
+        help="also print ESTIMATED serving costs on the catalog's GPU instances (scaled from measured GPU "
+        "references by memory bandwidth and model size; never from a CPU benchmark)",
+    )
+    p.add_argument("--params-b", type=float, help="with --estimate-gpus: model parameters, billions")
+    p.add_argument("--model", help="with --estimate-gpus: model name (default: the benchmark's)")
+    p.add_argument("--concurrency", type=int, help="with --estimate-gpus: requests in flight to estimate")
+    p.add_argument(
+        "--output-len", type=float, help="with --estimate-gpus: output tokens per request to estimate"
+    )
+    p.add_argument("--top", type=int, default=10, help="with --estimate-gpus: estimated rows (default 10)")
     p.add_argument(
         "--price-per-hour", type=float, help="price a machine of your own (name it with --instance)"
     )

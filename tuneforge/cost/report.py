@@ -5,7 +5,9 @@ instance, split by resource). Imports no torch.
     generate_cost_report(CostAnalyzer().compare_configurations(...))  # several configurations
 
 Every cost shows whether it is measured or estimated, and from what; the breakdown shows the GPU, CPU
-and memory shares of the hourly price, of the training cost and of the cost per 1,000 requests.
+and memory shares of the hourly price, of the training cost and of the cost per 1,000 requests. With
+`serving_estimates` (tuneforge cost --estimate-gpus) a second table lists the measured serving cost and the
+estimated ones on GPU instances, each labelled with how it was reached.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def usd(value: float | None) -> str:
 
 def num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def rate(value: float | None) -> str:
+    """A throughput: 17,905 rather than 1.79e+04."""
+    return num(value) if value is None or value < 1000 else f"{value:,.0f}"
 
 
 def _basis(basis: str | None, source: str | None) -> str:
@@ -102,6 +109,68 @@ def comparison_rows(comparison: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def serving_rows(analysis: dict[str, Any], with_how: bool = True) -> list[dict[str, str]]:
+    """The measured serving row, then the estimated ones, labelled (from `serving_estimates`)."""
+    est = analysis.get("serving_estimates") or {}
+    rows = ([est["measured"]] if est.get("measured") else []) + list(est.get("rows") or [])
+    out = []
+    k = 0
+    for r in rows:
+        label = r["basis"] + (" (upper bound)" if r.get("upper_bound") else "")
+        row = {
+            "serving cost": label,
+            "instance": r["instance"],
+            "hardware": r["hardware"],
+            "USD/h": usd(r["usd_per_hour"]),
+            "req/s": rate(r["requests_per_second"]),
+            "output tok/s": rate(r["output_tokens_per_second"]),
+            "per 1K requests": usd(r["cost_per_1k_requests_usd"]),
+            "per 1M output tokens": usd(r["cost_per_1m_output_tokens_usd"]),
+        }
+        if with_how or r["basis"] == "measured":
+            row["how"] = r["how"]
+        else:  # a footnote number: the estimate's basis is printed below the table
+            k += 1
+            row["how"] = f"[{k}]"
+        out.append(row)
+    return out
+
+
+def _serving_md(analysis: dict[str, Any]) -> list[str]:
+    est = analysis.get("serving_estimates")
+    if not est:
+        return []
+    lines = ["", "## Serving cost: measured and estimated", "", *_md_table(serving_rows(analysis))]
+    lines += ["", f"How the estimates are made: {est['method']}."]
+    if est.get("not_shown"):
+        lines.append(f"{est['not_shown']} more GPU instances not shown (--top).")
+    if est.get("skipped"):
+        lines.append(
+            "Skipped: " + "; ".join(f"{s['instance']} ({s['reason']})" for s in est["skipped"]) + "."
+        )
+    return lines
+
+
+def _serving_html(analysis: dict[str, Any]) -> str:
+    est = analysis.get("serving_estimates")
+    if not est:
+        return ""
+    rows = serving_rows(analysis)
+    cols = list(rows[0]) if rows else []
+    table = (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+        + "</table>"
+    )
+    extra = f"<p>How the estimates are made: {html.escape(est['method'])}.</p>"
+    if est.get("skipped"):
+        skipped = "; ".join(f"{s['instance']} ({s['reason']})" for s in est["skipped"])
+        extra += f"<p>Skipped: {html.escape(skipped)}.</p>"
+    return f"<h2>Serving cost: measured and estimated</h2>{table}{extra}"
+
+
 def _md_table(rows: list[dict[str, str]]) -> list[str]:
     if not rows:
         return []
@@ -131,8 +200,16 @@ def _bars(analysis: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
                 )
             )
         return out
-    per_1k = analysis["breakdown"].get("inference_per_1k_requests_usd")
-    return [(analysis["instance"]["name"], per_1k)] if per_1k else []
+    est = analysis.get("serving_estimates")
+    per_1k = (analysis.get("breakdown") or {}).get("inference_per_1k_requests_usd")
+    if not est:
+        return [(analysis["instance"]["name"], per_1k)] if per_1k else []
+    bars = [(f"{analysis['instance']['name']} (measured)", per_1k)] if per_1k else []
+    return bars + [
+        (f"{r['instance']} (estimated)", r["inference_per_1k_requests_usd"])
+        for r in est["rows"]
+        if r.get("inference_per_1k_requests_usd")
+    ]
 
 
 def svg_cost_bars(analysis: dict[str, Any], width: int = 720) -> str:
@@ -190,9 +267,12 @@ def generate_cost_report(
             f"{cheapest.get('inference') or 'n/a'}.",
         ]
         notes = sorted({n for c in analysis["configs"] for n in c["notes"]})
-    else:
+    elif "instance" in analysis:
         lines += ["| item | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in analysis_rows(analysis))]
         notes = analysis.get("notes", [])
+    else:  # estimates only
+        notes = []
+    lines += _serving_md(analysis)
     rule = analysis.get("breakdown_rule") or (analysis.get("breakdown") or {}).get("rule")
     lines += ["", f"Breakdown rule: {rule}."] if rule else []
     lines += [""] + [f"- {n}" for n in notes] if notes else []
@@ -223,6 +303,8 @@ def render_cost_html(analysis: dict[str, Any], title: str = "Cost analysis") -> 
             + "</table>"
         )
         notes = sorted({n for c in analysis["configs"] for n in c["notes"]})
+    elif "instance" not in analysis:  # estimates only
+        table, notes = "", []
     else:
         table = (
             "<table><tr><th>item</th><th>value</th></tr>"
@@ -239,7 +321,7 @@ def render_cost_html(analysis: dict[str, Any], title: str = "Cost analysis") -> 
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1f2933}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd2d9;padding:4px 8px;"
         "text-align:left;font-size:13px}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{table}"
+        f"<h1>{html.escape(title)}</h1>{table}{_serving_html(analysis)}"
         f"<h2>Cost per 1,000 requests</h2>{svg_cost_bars(analysis)}"
         f"<p>Breakdown rule: {html.escape(rule)}.</p>"
         + "".join(f"<p><strong>Note:</strong> {html.escape(n)}</p>" for n in notes)
