@@ -36,7 +36,9 @@ demo: install
 	$(BIN)/tuneforge data prepare $(RECIPE)
 	$(BIN)/tuneforge data stats $(RECIPE) --show 1
 	$(BIN)/tuneforge train $(RECIPE)
+	$(BIN)/tuneforge estimate $(RECIPE) --top 5
 	$(BIN)/tuneforge compare $(RECIPE) --adapter runs/demo-cpu/adapter
+	$(BIN)/python scripts/demo_serve.py --adapter runs/demo-cpu/adapter
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
 
 lint: install-dev

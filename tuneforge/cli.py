@@ -173,10 +173,35 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _preflight(recipe: Recipe) -> None:
+    """The pre-flight estimate (`tuneforge estimate`) in three lines; a failure never stops training."""
+    try:
+        from tuneforge.cost.catalog import load_catalog
+        from tuneforge.cost.cli import dataset_tokens_for
+        from tuneforge.cost.estimate import estimate_recipe
+
+        tokens, source = dataset_tokens_for(recipe, None)
+        est = estimate_recipe(recipe, load_catalog(), tokens, source)
+    except Exception as e:  # an estimate is advice, not a requirement
+        log.warning("no pre-flight estimate: %s", e)
+        return
+    m = est["memory"]
+    fits = [r for r in est["instances"] if r["fits"] and r["cost_usd"] is not None]
+    print(f"estimate   peak GPU memory {m['peak_gb']:.1f} GB ({m['parameters'] / 1e9:.2f}B parameters)")
+    if fits:
+        r = fits[0]
+        print(
+            f"           cheapest fit: {r['instance']} ({r['gpu']}), {r['hours']:.3g} h, "
+            f"${r['cost_usd']:.4g} ({r['basis']}); all: tuneforge estimate"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tuneforge.train.trainer import is_main_process, run_training
 
     recipe = _recipe_for(args.target, args.overrides)
+    if is_main_process():
+        _preflight(recipe)
     outcome = run_training(recipe, resume=args.resume)
     if not is_main_process():  # under torchrun, rank 0 reports
         return 0

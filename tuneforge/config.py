@@ -317,6 +317,8 @@ class InferenceConfig:
     """Largest adapter rank vLLM accepts (it reserves memory for this rank)."""
     quantization_bits: int = 4
     """Bits for bitsandbytes serving quantization: 4 (nf4) or 8 (transformers engine only)."""
+    load_format: str = "auto"
+    """vLLM weight loading: auto, or dummy (random weights of the model's shape, for benchmarks)."""
 
     def __post_init__(self):
         _check_choice("engine", self.engine, ("auto", "vllm", "transformers"))
@@ -326,6 +328,7 @@ class InferenceConfig:
         _check("max_loras", self.max_loras >= 1, ">= 1", self.max_loras)
         _check("max_lora_rank", self.max_lora_rank >= 1, ">= 1", self.max_lora_rank)
         _check("quantization_bits", self.quantization_bits in (4, 8), "4 or 8", self.quantization_bits)
+        _check_choice("load_format", self.load_format, ("auto", "dummy"))
         _check("tensor_parallel_size", self.tensor_parallel_size >= 1, ">= 1", self.tensor_parallel_size)
         _check(
             "gpu_memory_utilization",

@@ -27,7 +27,12 @@ def pick_engine(kind: str) -> str:
 
 
 def start_engine(
-    reference: str, cfg: InferenceConfig, *, name: str | None = None, cache_dir: str | None = None
+    reference: str,
+    cfg: InferenceConfig,
+    *,
+    name: str | None = None,
+    cache_dir: str | None = None,
+    enable_lora: bool = True,
 ):
     """A started engine for `reference` (blocking: loading takes seconds to minutes)."""
     kind = pick_engine(cfg.engine)
@@ -35,7 +40,9 @@ def start_engine(
     if kind == "vllm":
         from tuneforge.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine.start(reference, cfg, name=name, cache_dir=cache_dir)
+        return VLLMEngine.start(reference, cfg, name=name, cache_dir=cache_dir, enable_lora=enable_lora)
     from tuneforge.engines.transformers_engine import TransformersEngine
 
+    if cfg.load_format != "auto":
+        raise ConfigError(f"inference.load_format={cfg.load_format} needs the vLLM engine")
     return TransformersEngine.start(reference, cfg, name=name, cache_dir=cache_dir)

@@ -63,6 +63,7 @@ def build_engine_args(model_path: str, cfg: InferenceConfig, *, enable_lora: boo
         dtype=serving_dtype(cfg.dtype, cpu),
         enable_prefix_caching=True,
         enable_lora=enable_lora,
+        load_format=cfg.load_format,
         seed=0,
     )
     if enable_lora:

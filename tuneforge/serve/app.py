@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 def default_engine_factory(settings: ServeSettings):
     from tuneforge.engines.select import start_engine
 
-    return start_engine(settings.model, settings.inference, name=settings.name, cache_dir=settings.cache_dir)
+    # LoRA support costs vLLM memory and time: on only when adapters can be served
+    lora = bool(settings.adapters or settings.adapter_dir)
+    return start_engine(
+        settings.model, settings.inference, name=settings.name, cache_dir=settings.cache_dir, enable_lora=lora
+    )
 
 
 def build_app(settings: ServeSettings, engine_factory: Callable | None = None) -> FastAPI:

@@ -1,0 +1,137 @@
+"""The last part of `make demo`: serve the fine-tuned demo model, stream one answer, benchmark the
+server with a short concurrency sweep, and price the training run and the serving.
+
+    .venv/bin/python scripts/demo_serve.py --adapter runs/demo-cpu/adapter
+
+Starts `tuneforge serve` (vLLM when installed) on a free port, stops it at the end, and prints the
+commands to start it yourself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+# a held-out case in the training format (alpaca: instruction, blank line, input)
+ASK = (
+    "Extract the order details from the text as JSON with the keys name, city, item, color and quantity."
+    "\n\nPlease send 3 green lamps to Lyon for Ada Okafor."
+)
+
+
+def free_port(preferred: int = 8000) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", default="runs/demo-cpu/adapter")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--instance", default="c7i.large", help="catalog instance that prices this machine")
+    p.add_argument("--out", default="runs/demo-cpu")
+    args = p.parse_args()
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = [
+        str(BIN / "tuneforge"),
+        "serve",
+        args.model,
+        "--adapter",
+        f"demo={args.adapter}",
+        "--port",
+        str(port),
+    ]
+    log_path = Path(args.out) / "serve.log"
+    print(f"$ {' '.join(serve)}   (log: {log_path})", flush=True)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        start = time.time()
+        while True:
+            if server.poll() is not None:
+                print(log_path.read_text()[-3000:], file=sys.stderr)
+                return 1
+            try:
+                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(2)
+        engine = httpx.get(f"{base}/ready").json()["engine"]
+        print(
+            f"ready in {time.time() - start:.0f} s: {engine['kind']} on {engine['device']}, {engine['dtype']}"
+        )
+
+        for model in ("base", "demo"):
+            print(f"\nstreaming from /v1/chat/completions (model={model}):\n  ", end="", flush=True)
+            body = {
+                "model": args.model if model == "base" else model,
+                "messages": [{"role": "user", "content": ASK}],
+                "max_tokens": 48,
+                "temperature": 0,
+                "stream": True,
+            }
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=120) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        choice = json.loads(line[6:])["choices"][0]
+                        print(choice["delta"].get("content") or "", end="", flush=True)
+            print()
+
+        bench_dir = Path(args.out) / "bench"
+        run([str(BIN / "tuneforge"), "bench", "--url", base, "--model", "demo", "--concurrency", "1,4",
+             "--requests", "12", "--prompts", "data/demo/test.jsonl", "--output-len", "48",
+             "--server-pid", str(server.pid), "--out", str(bench_dir)])  # fmt: skip
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    run_file = Path(args.adapter).parent / "mlflow_run.json"
+    cost = [str(BIN / "tuneforge"), "cost", "--instance", args.instance,
+            "--bench", str(bench_dir / "results.json"), "--estimate-gpus",
+            "--out", str(Path(args.out) / "cost")]  # fmt: skip
+    if run_file.is_file():
+        info = json.loads(run_file.read_text())
+        cost += ["--mlflow-run-id", info["run_id"]] + (
+            ["--tracking-uri", info["tracking_uri"]] if info.get("tracking_uri") else []
+        )
+    run(cost)
+
+    print("\nServe it yourself:")
+    print(f"  {BIN / 'tuneforge'} serve {args.model} --adapter demo={args.adapter}")
+    print("then, in another terminal, stream an answer (Server-Sent Events):")
+    message = json.dumps({"model": "demo", "stream": True, "messages": [{"role": "user", "content": ASK}]})
+    json_header = "-H 'content-type: application/json'"
+    print(f"  curl -N http://127.0.0.1:8000/v1/chat/completions {json_header} -d '{message}'")
+    raw = json.dumps({"model": "demo", "prompt": "The capital of France is", "max_tokens": 16})
+    print(f"  curl -N http://127.0.0.1:8000/generate {json_header} -d '{raw}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
