@@ -7,7 +7,7 @@
 # Run here: bash benchmarks/gpu_serve_stage.sh   then see gpu_serve_overhead.sh for the calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx "/.stage/" .git/info/exclude 2>/dev/null || echo "/.stage/" >> .git/info/exclude
+mkdir -p .git/info && grep -qx "/.stage/" .git/info/exclude 2>/dev/null || echo "/.stage/" >> .git/info/exclude
 [ -d .stage/p3 ] || bash ../shared/gpu/build_vllm_stage.sh .stage
 mkdir -p .stage/p4/wheels .stage/p4/smollm2-135m .stage/p4/mistral-7b
 .venv/bin/python -m pip download -q --only-binary=:all: --python-version 3.12 --no-deps -d .stage/p4/wheels \
