@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneforge.errors import TuneforgeError
+
 log = logging.getLogger(__name__)
 
 
@@ -54,15 +56,23 @@ def server_device(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
 
     if args.server_device:
         return args.server_device
-    if urlparse(args.url).hostname not in LOCAL_HOSTS:
+    if args.url and urlparse(args.url).hostname not in LOCAL_HOSTS:
         return "unknown"
     gpu = next((r["resources"] for r in runs if (r.get("resources") or {}).get("gpu_available")), None)
     return f"gpu:{gpu['gpu_name']}" if gpu else "cpu"
 
 
 def build_target(args: argparse.Namespace):
-    from tuneforge.bench.client import GenerateTarget, OpenAITarget
+    from tuneforge.bench.client import EngineTarget, GenerateTarget, OpenAITarget
 
+    if args.in_process:
+        from tuneforge.config import InferenceConfig, SamplingParams
+        from tuneforge.engines.select import start_engine
+
+        cfg = InferenceConfig(engine=args.engine, max_model_len=args.max_model_len)
+        engine = start_engine(args.in_process, cfg, enable_lora=False)
+        sampling = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=args.ignore_eos)
+        return EngineTarget(engine, sampling)
     if args.api == "openai":
         model = args.model or _first_model(args.url, args.api_key)
         return OpenAITarget(args.url, model, args.output_len, args.api_key, ignore_eos=args.ignore_eos)
@@ -132,11 +142,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.requests = 100
     try:
         target = build_target(args)
+    except TuneforgeError:
+        raise
     except Exception as e:  # httpx errors while asking /v1/models
+        if args.in_process:
+            raise
         print(f"error: cannot ask {args.url}/v1/models for a model name ({e}); pass --model", file=sys.stderr)
         return 2
     prompts, workload = build_prompts(args)
-    runs = run_levels(target, prompts, args)
+    try:
+        runs = run_levels(target, prompts, args)
+    finally:
+        engine = getattr(target, "engine", None)
+        if engine is not None and hasattr(engine, "close"):
+            engine.close()
     notes = []
     if not any((r.get("resources") or {}).get("gpu_available") for r in runs):
         note = next((r["resources"].get("note") for r in runs if r.get("resources")), None) or "no GPU"
@@ -177,9 +196,18 @@ def register(subparsers) -> argparse.ArgumentParser:
         "by kind (a stream ending in an error event is a failure), and CPU/GPU use.",
         epilog="examples:\n"
         "  tuneforge bench --url http://127.0.0.1:8000 --concurrency 1,4,16 --requests 200\n"
-        "  tuneforge bench --url http://127.0.0.1:8000 --api generate --rate 2 --duration 60",
+        "  tuneforge bench --url http://127.0.0.1:8000 --api generate --rate 2 --duration 60\n"
+        "  tuneforge bench --in-process smollm2-135m-instruct --concurrency 1,8 --requests 32",
     )
-    p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="server base URL, e.g. http://127.0.0.1:8000")
+    where.add_argument(
+        "--in-process", metavar="MODEL", help="start an engine for MODEL in this process (no HTTP) instead"
+    )
+    p.add_argument(
+        "--engine", choices=("auto", "vllm", "transformers"), default="auto", help="with --in-process"
+    )
+    p.add_argument("--max-model-len", type=int, default=2048, help="with --in-process (default 2048)")
     p.add_argument(
         "--api", choices=("openai", "generate"), default="openai", help="endpoint (default: openai)"
     )

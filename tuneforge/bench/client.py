@@ -447,7 +447,9 @@ def run_load(
             if failed:
                 bar.set_postfix(failed=failed)
 
-        return asyncio.run(run_load_async(target, prompts, spec, tick))
+        # an engine that keeps its own event loop (vLLM binds to the first one it runs on) provides run_sync
+        runner = getattr(getattr(target, "engine", None), "run_sync", asyncio.run)
+        return runner(run_load_async(target, prompts, spec, tick))
 
 
 def _label(spec: LoadSpec) -> str:

@@ -265,6 +265,9 @@ class TransformersEngine:
         return True
 
     async def shutdown(self) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
