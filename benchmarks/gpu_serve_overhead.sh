@@ -15,6 +15,7 @@ ls /root/site >/dev/null || exit 3
 python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .stage/p4/wheels/*.whl
 export PYTHONPATH=/root/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 TUNEFORGE_CACHE=/root/tf-cache
 mkdir -p "$OUT"
+python3 -c "import vllm.entrypoints.openai.api_server, tuneforge.serve.app"  # fail fast on a missing wheel
 shape=${1:?usage: gpu_serve_overhead.sh smollm2-135m|mistral-7b}
 python3 benchmarks/serve_overhead.py --model .stage/p4/$shape --load-format dummy --dtype bfloat16 \
     --max-model-len 2048 --concurrency 16 --requests 256 --warmup 32 --output-len 128 --log-dir "$OUT" \
