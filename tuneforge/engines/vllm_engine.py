@@ -236,5 +236,9 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.llm.shutdown()
-        if self._loop is not None:
+        if self._loop is not None and not self._loop.is_closed():
+            pending = asyncio.all_tasks(self._loop)  # vLLM's output handler: stop it before the loop goes
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
