@@ -6,6 +6,7 @@ build here) serves the embedded default. Both load a random LoRA adapter, at sta
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +180,26 @@ def test_metrics_and_health(server):
     text = httpx.get(server["base"] + "/metrics", headers=AUTH).text
     assert 'tuneforge_requests_total{route="/generate",status="200"}' in text
     assert "tuneforge_time_to_first_token_seconds_bucket" in text
+
+
+@pytest.mark.vllm
+def test_vllm_bench_serve_runs_against_it_unchanged(server, tmp_path):
+    """vLLM's own load generator (`vllm bench serve`) drives our OpenAI routes, key and all."""
+    pytest.importorskip("vllm")
+    argv = [
+        "--backend", "openai", "--base-url", server["base"], "--model", "base",
+        "--tokenizer", server["model"], "--dataset-name", "random",
+        "--random-input-len", "16", "--random-output-len", "6",
+        "--num-prompts", "6", "--ignore-eos", "--save-result", "--result-dir", str(tmp_path),
+        "--result-filename", "r.json", "--disable-tqdm", "--header", f"Authorization=Bearer {KEY}",
+    ]  # fmt: skip
+    code = (
+        "import argparse, sys\n"
+        "from vllm.benchmarks.serve import add_cli_args, main\n"
+        "p = argparse.ArgumentParser(); add_cli_args(p)\n"
+        "main(p.parse_args(sys.argv[1:]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600)
+    result = json.loads((tmp_path / "r.json").read_text()) if (tmp_path / "r.json").exists() else {}
+    assert result.get("completed") == 6, out.stdout[-2000:] + out.stderr[-2000:]
+    assert result["failed"] == 0 and result["total_output_tokens"] == 6 * 6
