@@ -192,7 +192,7 @@ def _preflight(recipe: Recipe) -> None:
         r = fits[0]
         print(
             f"           cheapest fit: {r['instance']} ({r['gpu']}), {r['hours']:.3g} h, "
-            f"${r['cost_usd']:.4g} ({r['basis']}); all: tuneforge estimate"
+            f"${r['cost_usd']:.4g} ({r['basis']}); all: tuneforge estimate RECIPE"
         )
 
 

@@ -338,9 +338,10 @@ def estimate_training(
                 if method == "qlora":
                     per_gpu *= catalog.qlora_throughput_factor
                     source += f", x{catalog.qlora_throughput_factor} for QLoRA"
+                basis = "estimated"
                 if not 0.25 <= params_b / ref.params_b <= 4:
                     source += " (extrapolated far from the reference size: optimistic for small models)"
-                basis = "estimated"
+                    basis = "estimated, upper bound"  # small models are bound by per-step overhead
         hours = tokens / (per_gpu * inst.gpu_count) / 3600 if per_gpu else None
         rows.append(
             {
