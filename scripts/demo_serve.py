@@ -114,6 +114,7 @@ def main() -> int:
     run_file = Path(args.adapter).parent / "mlflow_run.json"
     cost = [str(BIN / "tuneforge"), "cost", "--instance", args.instance,
             "--bench", str(bench_dir / "results.json"), "--estimate-gpus",
+            "--model", "HuggingFaceTB/SmolLM2-135M-Instruct",  # the benchmark only knows the adapter's name
             "--out", str(Path(args.out) / "cost")]  # fmt: skip
     if run_file.is_file():
         info = json.loads(run_file.read_text())

@@ -93,7 +93,8 @@ def run_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per run for the console table: load, counts, throughputs, p50/p99 latencies, GPU use."""
+    """One row per run for the console table: load, counts, throughputs, p50/p99 latencies, GPU use,
+    CPU use (mean, whole machine) and memory (max, the server process with --server-pid, else this one)."""
     rows = []
     for run in results["runs"]:
         s, res = run["summary"], run.get("resources")
@@ -109,6 +110,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 "E2E p50/p99 ms": f"{fmt(lat['e2e']['p50'])}/{fmt(lat['e2e']['p99'])}",
                 "GPU util %": fmt(_res(res, "gpu_utilization_percent", "mean")),
                 "GPU mem GB": fmt(_res(res, "gpu_memory_used_gb", "max")),
+                "CPU %": fmt(_res(res, "cpu_utilization_percent", "mean")),
+                "mem GB": fmt(_res(res, "process_memory_gb", "max")),
             }
         )
     return rows
