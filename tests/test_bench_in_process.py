@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pytest
 from test_train_cli import tuneforge
 
 
@@ -32,3 +33,23 @@ def test_in_process_sweep_counts_every_request_and_logs_to_mlflow(tiny_model_dir
         metrics["bench/c3/request_throughput_rps"] == results["runs"][1]["summary"]["request_throughput_rps"]
     )
     assert metrics["bench/c1/failed"] == 0
+
+
+def test_cost_of_a_tracked_run_is_logged_back_to_it(tmp_path):
+    """Training hours come from the run's measured runtime; the costs and the report go back to the run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("final/train_runtime", 1800.0)  # half an hour
+    out = tuneforge(
+        "cost", "--instance", "c7i.large", "--mlflow-run-id", run.info.run_id, "--tracking-uri", uri,
+        "--log-to-run", "--rps", "0.5", "--out", str(tmp_path / "cost"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    logged = mlflow.get_run(run.info.run_id).data
+    hourly = logged.metrics["cost/usd_per_hour"]
+    assert logged.metrics["cost/training_usd"] == pytest.approx(hourly * 0.5)
+    assert logged.metrics["cost/per_1k_requests_usd"] == pytest.approx(hourly / (3600 * 0.5) * 1000)
+    assert logged.tags["cost/instance"] == "c7i.large"
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "cost")}
+    assert artifacts == {"cost/cost.md", "cost/cost.html", "cost/cost.json"}
