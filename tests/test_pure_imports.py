@@ -35,6 +35,7 @@ PURE = [
     "tuneforge.serve.cli",
     "tuneforge.engines.base",
     "tuneforge.cost.report",
+    "tuneforge.report_files",
     "tuneforge.cost.cli",
     "tuneforge.cli",
 ]

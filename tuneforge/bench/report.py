@@ -13,11 +13,11 @@ CPU utilization, process memory); where there was no GPU it says so instead of s
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 from tuneforge.bench.stats import METRIC_NAMES, METRICS, PERCENTILES
+from tuneforge.report_files import write_report
 
 COLOURS = ("#2f6fde", "#e07b39", "#3f9c5a", "#b03a8c", "#8a6d3b", "#5b5f97", "#c44e52", "#55a868")
 
@@ -177,11 +177,8 @@ def generate_benchmark_report(
         lines += [f"| {k} | {v} |" for k, v in run_rows(run)]
     markdown = "\n".join(lines) + "\n"
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(markdown)
-        (out / "report.html").write_text(render_benchmark_html(results, title))
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        page = render_benchmark_html(results, title)
+        write_report(out_dir, ("report.md", "report.html", "results.json"), markdown, page, results)
     return markdown
 
 

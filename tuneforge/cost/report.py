@@ -13,9 +13,10 @@ estimated ones on GPU instances, each labelled with how it was reached.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
+
+from tuneforge.report_files import write_report
 
 RESOURCES = ("gpu", "cpu", "memory")
 RESOURCE_COLOURS = {"gpu": "#2f6fde", "cpu": "#e07b39", "memory": "#3f9c5a"}
@@ -155,15 +156,7 @@ def _serving_html(analysis: dict[str, Any]) -> str:
     est = analysis.get("serving_estimates")
     if not est:
         return ""
-    rows = serving_rows(analysis)
-    cols = list(rows[0]) if rows else []
-    table = (
-        "<table><tr>"
-        + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
-        + "</table>"
-    )
+    table = html_table(serving_rows(analysis))
     extra = f"<p>How the estimates are made: {html.escape(est['method'])}.</p>"
     if est.get("skipped"):
         skipped = "; ".join(f"{s['instance']} ({s['reason']})" for s in est["skipped"])
@@ -283,25 +276,22 @@ def generate_cost_report(
     ]
     markdown = "\n".join(lines) + "\n"
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "cost.md").write_text(markdown)
-        (out / "cost.html").write_text(render_cost_html(analysis, title))
-        (out / "cost.json").write_text(json.dumps(analysis, indent=2, default=str) + "\n")
+        page = render_cost_html(analysis, title)
+        write_report(out_dir, ("cost.md", "cost.html", "cost.json"), markdown, page, analysis)
     return markdown
+
+
+def html_table(rows: list[dict[str, str]]) -> str:
+    """An HTML table of rows that share their keys (the column names), every cell escaped."""
+    cols = list(rows[0]) if rows else []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def render_cost_html(analysis: dict[str, Any], title: str = "Cost analysis") -> str:
     if "configs" in analysis:
-        rows = comparison_rows(analysis)
-        cols = list(rows[0]) if rows else []
-        table = (
-            "<table><tr>"
-            + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
-            + "</table>"
-        )
+        table = html_table(comparison_rows(analysis))
         notes = sorted({n for c in analysis["configs"] for n in c["notes"]})
     elif "instance" not in analysis:  # estimates only
         table, notes = "", []

@@ -5,9 +5,10 @@ JSON with every number. Imports no torch.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
+
+from tuneforge.report_files import write_report
 
 WORST_BEST = 5
 
@@ -87,11 +88,8 @@ def generate_report(
         lines += ["", f"## Most worsened cases ({metric})", "", *_case_lines(ranked[::-1][:WORST_BEST])]
     markdown = "\n".join(lines) + "\n"
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(markdown)
-        (out / "report.html").write_text(render_html(results, title))
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        page = render_html(results, title)
+        write_report(out_dir, ("report.md", "report.html", "results.json"), markdown, page, results)
     return markdown
 
 
