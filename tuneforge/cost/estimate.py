@@ -63,15 +63,6 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
         num_key_value_heads=8,
         tie_word_embeddings=False,
     ),
-    "meta-llama/Meta-Llama-3-8B": dict(
-        hidden_size=4096,
-        num_hidden_layers=32,
-        intermediate_size=14336,
-        vocab_size=128256,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    ),
     "mistralai/Mistral-7B-Instruct-v0.3": dict(
         hidden_size=4096,
         num_hidden_layers=32,
@@ -100,6 +91,7 @@ KNOWN_SHAPES: dict[str, dict[str, Any]] = {
         tie_word_embeddings=True,
     ),
 }
+KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B"] = KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B-Instruct"]  # same shape
 EMBEDDED_ALIASES = {"smollm2-135m-instruct", "smollm2-135m", "embedded", "default"}
 
 
