@@ -167,6 +167,7 @@ def test_adapters_load_list_unload_and_no_path_traversal(tmp_path):
             r = client.post("/v1/adapters", json={"name": "x", "path": path})
             assert r.status_code == 403 and r.json()["error"]["param"] == "path", path
         assert client.post("/v1/adapters", json={"name": "x", "path": "missing"}).status_code == 400
+        assert client.post("/v1/adapters", json={"name": "x", "path": "a\u0000b"}).status_code == 400  # NUL
         assert client.post("/v1/adapters", json={"name": "fake", "path": "demo"}).status_code == 400
         assert client.post("/v1/adapters", json={"name": "a/b", "path": "demo"}).status_code == 400
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["fake", "demo"]

@@ -31,7 +31,10 @@ def resolve_inside(adapter_dir: str | None, path: str) -> Path:
             param="path",
         )
     root = Path(adapter_dir).resolve()
-    target = (root / path).resolve()
+    try:
+        target = (root / path).resolve()
+    except (ValueError, OSError) as e:  # e.g. a NUL byte in the path
+        raise InvalidRequest(f"adapter path {path!r} is not a valid path: {e}", param="path") from None
     if not target.is_relative_to(root):
         raise Forbidden(f"adapter path '{path}' resolves outside the adapter directory {root}", param="path")
     if not (target / "adapter_config.json").is_file():
