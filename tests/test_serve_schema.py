@@ -19,6 +19,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @schema.parametrize()
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomized: CI sees the same cases on every run (a random run found the NUL-byte path bug)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors(case):
     case.call_and_validate(checks=[not_a_server_error])
