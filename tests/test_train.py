@@ -223,6 +223,35 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir, train_data)
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+def test_varlen_attention_keeps_packed_examples_apart_in_logits_and_gradients(tiny_model_dir, train_data):
+    from tuneforge.config import ModelConfig
+
+    rows = [train_data[0][i] for i in range(3)]
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32", attn_implementation="varlen")
+    trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2, lora_dropout=0.0), cfg)
+    model = trainer.prepare_model()
+    assert model.config._attn_implementation == "varlen"
+    packed = trainer.collator(packing=True)([{k: r[k] for k in ("input_ids", "labels")} for r in rows])
+    assert packed["cu_seq_lens_q"].tolist() == [0, *torch.tensor([len(r["input_ids"]) for r in rows]).cumsum(0)]
+    together = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
+    alone = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows])
+    assert torch.allclose(together, alone, atol=1e-5)
+    # the same gradients as the examples one by one: nothing leaks backwards across a boundary either
+    lora = [p for p in model.parameters() if p.requires_grad]
+    grads_packed = torch.autograd.grad(together[:5].sum() + together[-3:].sum(), lora)
+    grads_alone = torch.autograd.grad(alone[:5].sum() + alone[-3:].sum(), lora)
+    for a, b in zip(grads_packed, grads_alone, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    # a padded batch (no lengths) takes the SDPA path with a causal padding mask: same logits as alone
+    first, second = rows[0]["input_ids"], rows[1]["input_ids"]
+    width = max(len(first), len(second))
+    ids = torch.tensor([first + [0] * (width - len(first)), second + [0] * (width - len(second))])
+    mask = torch.tensor([[1] * len(first) + [0] * (width - len(first)), [1] * len(second) + [0] * (width - len(second))])
+    padded = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(padded[0, : len(first)], alone[: len(first)], atol=1e-5)
+    assert torch.allclose(padded[1, : len(second)], alone[len(first) : len(first) + len(second)], atol=1e-5)
+
+
 def test_export_merges_in_the_base_dtype(tmp_path, train_data):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM

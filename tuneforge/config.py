@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tuneforge.errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "varlen", "flex_attention", "flash_attention_2")
 DATA_FORMATS = ("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
 
 
@@ -52,15 +53,17 @@ class ModelConfig:
     """Weight dtype to load: auto (the checkpoint's own), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel: sdpa, eager or flash_attention_2."""
+    attn_implementation: str = "auto"
+    """Attention kernel: auto (varlen when training packs batches on a GPU, else sdpa), sdpa, eager, varlen
+    (torch's variable-length flash attention: packed examples never attend to each other), flex_attention
+    or flash_attention_2."""
     cache_dir: str | None = None
     """Cache for the embedded default's conversion (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge)."""
 
     def __post_init__(self):
         _check("name_or_path", bool(self.name_or_path), "a non-empty model reference", self.name_or_path)
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _check_choice("attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
+        _check_choice("attn_implementation", self.attn_implementation, ATTENTION_CHOICES)
 
 
 @dataclass
@@ -185,10 +188,23 @@ class TrainingConfig:
     """Use fp16 mixed precision on GPUs without bf16; ignored on CPU."""
     bf16: bool = False
     """Use bf16 mixed precision (preferred on Ampere and newer GPUs)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass to save memory; null: on a GPU (with auto_tune) as few
+    layers as the memory estimate says must be, else off."""
     packing: bool = True
-    """Padding-free packing with flash-attention; with sdpa/eager, length-grouped batches instead."""
+    """Padding-free packing with variable-length attention (varlen, flash); with sdpa/eager, batches of
+    similar length instead."""
+    auto_tune: bool = True
+    """On a CUDA GPU, pick checkpointing, the micro-batch (same effective batch) and kernels for the GPU;
+    every choice and its reason is logged. false: the recipe exactly as written."""
+    liger_kernel: bool | None = None
+    """Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (no full logits); null: on a GPU when
+    liger-kernel is installed and supports the model."""
+    gpu_memory_gb: float | None = None
+    """Plan for at most this much GPU memory (GB); null: the GPU's free memory when training starts."""
+    torch_compile: bool | None = None
+    """Compile each decoder layer with torch.compile (regional; compile time is reported); null: on a GPU
+    for LoRA, off for QLoRA."""
     logging_steps: int = 10
     """Log metrics every this many optimizer steps."""
     eval_strategy: str = "epoch"
@@ -212,6 +228,12 @@ class TrainingConfig:
 
     def __post_init__(self):
         _check("divergence_factor", self.divergence_factor > 1, "> 1", self.divergence_factor)
+        _check(
+            "gpu_memory_gb",
+            self.gpu_memory_gb is None or self.gpu_memory_gb > 0,
+            "> 0 or null",
+            self.gpu_memory_gb,
+        )
         _check("output_dir", bool(self.output_dir), "a folder path", self.output_dir)
         _check("num_train_epochs", self.num_train_epochs > 0, "> 0", self.num_train_epochs)
         _check("max_steps", self.max_steps == -1 or self.max_steps > 0, "-1 or > 0", self.max_steps)

@@ -16,17 +16,24 @@ Peak memory (GB here are 2^30 bytes, as torch.cuda.max_memory_allocated reports 
                  largest weight matrix.
     adapters     LoRA A and B (r x (in + out) per adapted module) in fp32, with their gradients and two
                  AdamW moments: 16 bytes per adapter parameter.
-    activations  with gradient checkpointing: every layer's input (tokens x h in the activation dtype),
-                 plus one layer's activations while it is recomputed; without: every layer's activations.
-                 A layer's activations per token: two RMSNorm fp32 input copies (8h bytes), attention
-                 q, k, v and output (SDPA/flash: no seq x seq matrix), the MLP's gate, up and SiLU outputs
-                 (3i), and for each adapted module its fp32 input (4 x in_features) plus a dropout mask
-                 (1 byte x in_features when lora_dropout > 0). Frozen linear layers save nothing.
+    activations  checkpointed layers keep only their input (tokens x h in the activation dtype), and one
+                 layer's activations exist again while it is recomputed; the other layers keep all of
+                 theirs. tuneforge checkpoints as few layers as fit (selective checkpointing). A layer's
+                 activations per token: two RMSNorm fp32 input copies (8h bytes; Liger's RMSNorm keeps a
+                 bf16 copy, 4h), attention q, k, v and output (SDPA/flash: no seq x seq matrix), the MLP's
+                 gate, up and SiLU outputs (3i; Liger's SwiGLU recomputes the SiLU, 2i), and for each adapted
+                 module its fp32 input (4 x in_features) plus a dropout mask (1 byte x in_features when
+                 lora_dropout > 0). Frozen linear layers save nothing.
     logits       tokens x vocab x 12 bytes: bf16 logits, their fp32 copy and log-softmax, and the
                  gradient. Calibrated on benchmarks/RESULTS.md: the vocab-49k run peaked 1.08 GB above the
-                 vocab-32k one, of which 0.26 GB is embeddings, leaving ~12.5 bytes per logit.
-    peak         weights + adapters + stored activations + the larger of the logits and (with
-                 checkpointing) one layer's recompute; without checkpointing, all of them together.
+                 vocab-32k one, of which 0.26 GB is embeddings, leaving ~12.5 bytes per logit. Liger's fused
+                 linear cross-entropy never holds them: it works through chunks of rows (chunk = the next
+                 power of two of tokens / ceil(vocab / h)), 8 bytes per logit of one chunk, plus the
+                 gradient of the hidden states (4 bytes x tokens x h).
+    peak         weights + adapters + stored activations + the larger of the logits and one layer's
+                 recompute (when any layer is checkpointed).
+Liger figures calibrated on the H200 probe (Llama-2-7B shape, seq 1024 x 4): 32.6 GB without checkpointing
+and 14.8 GB with, against 39.8 and 16.8 GB without Liger.
 Assumptions: one sequence of max_seq_length per batch row (an upper bound with length-grouped batches),
 the whole batch per step (no sequence packing savings), AdamW, no CUDA context or allocator slack (nvidia-smi
 shows 0.5-2 GB more). Checked against the measured H100 runs (tests/test_cost.py).
@@ -196,14 +203,27 @@ def _act_bytes(dtype: str) -> int:
 
 
 def layer_activation_bytes_per_token(
-    shape: ModelShape, target_modules, dtype: str = "bfloat16", lora_dropout: float = 0.05
+    shape: ModelShape,
+    target_modules,
+    dtype: str = "bfloat16",
+    lora_dropout: float = 0.05,
+    liger: bool = False,
 ) -> float:
     """Bytes one decoder layer keeps for the backward pass, per token (see the module docstring)."""
     act = _act_bytes(dtype)
     h, i = shape.hidden_size, shape.intermediate_size
     shapes = shape.module_shapes()
     adapters = sum((4 + (1 if lora_dropout > 0 else 0)) * shapes[m][0] for m in target_list(target_modules))
-    return 8 * h + act * (2 * shape.q_dim + 2 * shape.kv_dim) + act * 3 * i + adapters
+    norms, mlp = (4 * h, 2 * i) if liger else (8 * h, 3 * i)
+    return norms + act * (2 * shape.q_dim + 2 * shape.kv_dim) + act * mlp + adapters
+
+
+def fused_cross_entropy_bytes(shape: ModelShape, tokens: int) -> float:
+    """What Liger's fused linear cross-entropy holds at once: one chunk of fp32 logits and their gradient,
+    and the gradient of the hidden states."""
+    chunks = -(-shape.vocab_size // shape.hidden_size)
+    chunk = 1 << max(0, (-(-tokens // chunks) - 1).bit_length())  # next power of two, as Liger rounds
+    return min(chunk, tokens) * shape.vocab_size * 8 + tokens * shape.hidden_size * 4
 
 
 def estimate_memory(
@@ -217,13 +237,24 @@ def estimate_memory(
     dtype: str = "bfloat16",
     double_quant: bool = True,
     lora_dropout: float = 0.05,
+    checkpointed_layers: int | None = None,
+    liger: bool = False,
 ) -> dict[str, Any]:
-    """Peak GPU memory of one training step, by part, in GB (2^30 bytes)."""
+    """Peak GPU memory of one training step, by part, in GB (2^30 bytes).
+
+    `checkpointed_layers` (selective checkpointing) overrides `gradient_checkpointing`: that many decoder
+    layers recompute their activations, the others keep them. `liger`: Liger's RMSNorm, SwiGLU and fused
+    linear cross-entropy."""
     if method not in ("lora", "qlora"):
         raise ConfigError(f"method must be lora or qlora, got '{method}'")
     for name, value in (("r", r), ("seq_len", seq_len), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    n_layers = shape.num_hidden_layers
+    if checkpointed_layers is None:
+        checkpointed_layers = n_layers if gradient_checkpointing else 0
+    if not 0 <= checkpointed_layers <= n_layers:
+        raise ConfigError(f"checkpointed_layers must be in [0, {n_layers}], got {checkpointed_layers!r}")
     tokens = seq_len * batch_size
     act = _act_bytes(dtype)
     if method == "qlora":
@@ -239,32 +270,38 @@ def estimate_memory(
     n_lora = lora_parameter_count(shape, r, target_modules)
     adapters = n_lora * 16
     per_layer = tokens * layer_activation_bytes_per_token(
-        shape, target_modules, "float32" if act == 4 else "bfloat16", lora_dropout
+        shape, target_modules, "float32" if act == 4 else "bfloat16", lora_dropout, liger
     )
-    logits = tokens * shape.vocab_size * LOGIT_BYTES
-    if gradient_checkpointing:
-        stored = shape.num_hidden_layers * tokens * shape.hidden_size * act
-        transient = max(logits, per_layer)
-    else:
-        stored = shape.num_hidden_layers * per_layer
-        transient = logits
+    logits = fused_cross_entropy_bytes(shape, tokens) if liger else tokens * shape.vocab_size * LOGIT_BYTES
+    kept = checkpointed_layers * tokens * shape.hidden_size * act
+    stored = kept + (n_layers - checkpointed_layers) * per_layer
+    transient = max(logits, per_layer) if checkpointed_layers else logits
     parts = {
         "weights": weights / GiB,
         "adapters_and_optimizer": adapters / GiB,
         "stored_activations": stored / GiB,
         "logits_or_recompute": transient / GiB,
     }
+    if checkpointed_layers == n_layers:
+        checkpointing = "on"
+    elif checkpointed_layers == 0:
+        checkpointing = "off"
+    else:
+        checkpointing = f"on {checkpointed_layers} of {n_layers} layers"
     return {
         "method": method,
         "parameters": shape.parameter_count(),
         "lora_parameters": n_lora,
         "tokens_per_step": tokens,
+        "checkpointed_layers": checkpointed_layers,
+        "liger": liger,
         "parts_gb": parts,
         "peak_gb": sum(parts.values()),
         "assumptions": (
             f"{'QLoRA 4-bit' if method == 'qlora' else 'LoRA ' + dtype} weights, r={r} on "
             f"{', '.join(target_list(target_modules))}, seq {seq_len} x batch {batch_size}, gradient "
-            f"checkpointing {'on' if gradient_checkpointing else 'off'}, AdamW; excludes CUDA context"
+            f"checkpointing {checkpointing}, {'Liger kernels' if liger else 'no Liger'}, AdamW; excludes "
+            "CUDA context"
         ),
     }
 

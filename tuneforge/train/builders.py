@@ -82,9 +82,14 @@ def load_base_model(path: str, model_cfg: ModelConfig, quantization=None, refere
     from transformers import AutoModelForCausalLM
 
     dtype = "auto" if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
+    attn = "sdpa" if model_cfg.attn_implementation == "auto" else model_cfg.attn_implementation
+    if attn == "varlen":
+        from tuneforge.train.attention import register
+
+        register()
     kwargs = {
         "dtype": dtype,
-        "attn_implementation": model_cfg.attn_implementation,
+        "attn_implementation": attn,
         "trust_remote_code": model_cfg.trust_remote_code,
     }
     if quantization is not None:

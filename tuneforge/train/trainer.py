@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tuneforge.config import (
@@ -34,6 +34,7 @@ from tuneforge.train.builders import (
     choose_precision,
     load_base_model,
 )
+from tuneforge.train.speed import SpeedPlan, plan_speed
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"  # the MLflow run id of a run folder, so a resume continues the same run
@@ -41,7 +42,7 @@ ADAPTER_META = "tuneforge_adapter.json"
 # Attention kernels with variable-length support: a packed row costs what its examples cost separately.
 # With sdpa/eager, a packed row needs a block mask and attention over the whole row, which is slower
 # than padding examples of similar length (measured in benchmarks/RESULTS.md).
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+VARLEN_ATTENTION = ("varlen", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class TrainingError(TuneforgeError):
@@ -75,6 +76,7 @@ class LoRATrainer:
         self.model = None
         self.tokenizer = None
         self.trainer = None
+        self.plan: SpeedPlan | None = None
 
     # ------------------------------------------------------------------ model
 
@@ -86,28 +88,82 @@ class LoRATrainer:
             self.tokenizer = load_tokenizer(self.reference, m.cache_dir, m.revision, m.trust_remote_code)
         return self.tokenizer
 
-    def prepare_model(self, use_quantization: bool = False, gradient_checkpointing: bool = False):
-        """Load the base model (4-bit under QLoRA) and wrap it with LoRA adapters: a PeftModel."""
+    def make_plan(self, cfg: TrainingConfig, seq_len: int, device=None) -> SpeedPlan:
+        """The speed plan for this model on this machine (tuneforge.train.speed), from the model's
+        config.json alone: nothing is loaded."""
+        from tuneforge.cost.estimate import ModelShape, load_model_config
+        from tuneforge.models.resolve import resolve_model
+        from tuneforge.train.speedups import current_device
+
+        shape, model_type = None, None
+        try:
+            path = resolve_model(self.reference, self.model_config.cache_dir).path
+            config, _ = load_model_config(path)
+            shape = ModelShape.from_config(config, self.reference)
+            model_type = (config.get("text_config") or config).get("model_type")
+        except TuneforgeError as e:
+            log.warning("speed plan without a memory estimate: %s", e)
+        method = "qlora" if cfg.use_quantization else "lora"
+        device = device or current_device()
+        return plan_speed(
+            cfg, self.lora_config, self.model_config, seq_len, device, shape, method, model_type
+        )
+
+    def prepare_model(
+        self,
+        use_quantization: bool = False,
+        gradient_checkpointing: bool = False,
+        plan: SpeedPlan | None = None,
+        base_model=None,
+    ):
+        """Load the base model (4-bit under QLoRA) and wrap it with LoRA adapters: a PeftModel.
+
+        A speed plan sets the attention kernel, Liger, how many layers recompute activations and per-layer
+        compilation; without one, `gradient_checkpointing` alone applies. `base_model` skips loading
+        (benchmarks build random weights)."""
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         from tuneforge.models.resolve import resolve_model
+        from tuneforge.train import speedups
 
         self.load_tokenizer()
-        ref = resolve_model(self.reference, self.model_config.cache_dir)
         self.use_quantization = use_quantization
-        quant = build_quantization_config(self.quantization) if use_quantization else None
-        model = load_base_model(ref.path, self.model_config, quant, self.reference)
+        self.plan = plan
+        checkpointed = (
+            plan.checkpointed_layers if plan is not None else (10**6 if gradient_checkpointing else 0)
+        )
+        model_cfg = self.model_config
+        if plan is not None and plan.attention != model_cfg.attn_implementation:
+            model_cfg = replace(model_cfg, attn_implementation=plan.attention)
+        if model_cfg.attn_implementation == "varlen":
+            from tuneforge.train.attention import register
+
+            register()
+        if base_model is None:
+            ref = resolve_model(self.reference, self.model_config.cache_dir)
+            quant = build_quantization_config(self.quantization) if use_quantization else None
+            model = load_base_model(ref.path, model_cfg, quant, self.reference)
+        else:
+            model = base_model
+            attn = model_cfg.attn_implementation
+            model.set_attn_implementation("sdpa" if attn == "auto" else attn)
+        if plan is not None and plan.liger:
+            plan.liger = speedups.apply_liger(model)
         if use_quantization:
             model = prepare_model_for_kbit_training(
                 model,
-                use_gradient_checkpointing=gradient_checkpointing,
+                use_gradient_checkpointing=checkpointed > 0,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        elif gradient_checkpointing:
+        elif checkpointed:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
+        if checkpointed:
+            speedups.limit_checkpointing(model, checkpointed)
         model.config.use_cache = False  # the KV cache is useless in training and wastes memory
         self.model = get_peft_model(model, build_lora_config(self.lora_config))
+        if plan is not None and plan.compile:
+            speedups.compile_layers(self.model)
         log.info("%s", describe_model(self.model))
         return self.model
 
@@ -118,18 +174,25 @@ class LoRATrainer:
         attn = getattr(self.model.config, "_attn_implementation", None) if self.model is not None else None
         return cfg.packing and attn in VARLEN_ATTENTION
 
+    def batch_split(self, cfg: TrainingConfig) -> tuple[int, int]:
+        """(micro-batch, accumulation): the plan's, else the recipe's."""
+        if self.plan is not None:
+            return self.plan.micro_batch, self.plan.accumulation
+        return cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+
     def training_arguments(self, cfg: TrainingConfig, has_eval: bool):
         from transformers import TrainingArguments
 
         precision = choose_precision(cfg)
         eval_strategy = cfg.eval_strategy if has_eval else "no"
+        micro, accumulation = self.batch_split(cfg)
         return TrainingArguments(
             output_dir=cfg.output_dir,
             num_train_epochs=cfg.num_train_epochs,
             max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            per_device_train_batch_size=micro,
             per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            gradient_accumulation_steps=accumulation,
             learning_rate=cfg.learning_rate,
             lr_scheduler_type=cfg.lr_scheduler_type,
             warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
@@ -159,8 +222,10 @@ class LoRATrainer:
         never crosses examples), or ordinary padding with -100 labels on the padding."""
         from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-        if packing:
-            return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        if packing:  # the lengths ride along for variable-length kernels (varlen reads cu_seq_lens_q)
+            return DataCollatorWithFlattening(
+                return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=True
+            )
         return DataCollatorForSeq2Seq(self.load_tokenizer(), padding=True, label_pad_token_id=-100)
 
     def train(
@@ -187,7 +252,8 @@ class LoRATrainer:
         )
 
         if self.model is None:
-            self.prepare_model(training_args.use_quantization, training_args.gradient_checkpointing)
+            plan = self.plan or self.make_plan(training_args, longest(train_dataset))
+            self.prepare_model(training_args.use_quantization, plan=plan)
         keep = ["input_ids", "labels"]
         train_dataset = train_dataset.select_columns(keep)
         has_eval = eval_dataset is not None and len(eval_dataset) > 0
@@ -212,7 +278,7 @@ class LoRATrainer:
         try:
             result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except torch.OutOfMemoryError as e:
-            raise TrainingError(oom_advice(training_args)) from e
+            raise TrainingError(oom_advice(training_args, self.plan)) from e
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if has_eval and divergence.diverged_at is None:
             metrics.update(self.final_eval_metrics())
@@ -279,15 +345,28 @@ def describe_model(model) -> str:
     )
 
 
-def oom_advice(cfg: TrainingConfig) -> str:
-    """What to lower after running out of memory, with the current values."""
+def longest(dataset) -> int:
+    """The longest tokenized example: what one batch row can hold at most."""
+    return max((len(ids) for ids in dataset["input_ids"]), default=1)
+
+
+def oom_advice(cfg: TrainingConfig, plan: SpeedPlan | None = None) -> str:
+    """What to lower after running out of memory, with the current values (the speed plan's, if any)."""
+    micro, accum = (
+        (plan.micro_batch, plan.accumulation)
+        if plan
+        else (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
+    )
+    checkpointing = plan.gradient_checkpointing if plan else bool(cfg.gradient_checkpointing)
     tips = [
-        f"training.per_device_train_batch_size={cfg.per_device_train_batch_size} (lower it and raise "
-        f"training.gradient_accumulation_steps={cfg.gradient_accumulation_steps} to keep the batch)",
+        f"training.per_device_train_batch_size={micro} (lower it and raise "
+        f"training.gradient_accumulation_steps={accum} to keep the batch)",
         "data.max_seq_length (shorter sequences)",
     ]
-    if not cfg.gradient_checkpointing:
-        tips.append("training.gradient_checkpointing=true (currently false)")
+    if plan is not None and cfg.auto_tune and plan.budget_gb is not None:
+        tips.insert(0, "training.auto_tune=false (the speed plan chose these values from an estimate)")
+    if not checkpointing:
+        tips.append("training.gradient_checkpointing=true (currently off)")
     if not cfg.use_quantization:
         tips.append("training.use_quantization=true (QLoRA: 4-bit base weights)")
     return "out of memory during training. Lower: " + "; ".join(tips)
@@ -336,6 +415,12 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
     if main:
         prepared.save(run_dir / "data")
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    if recipe.training.auto_tune:
+        from tuneforge.train.speedups import use_expandable_segments
+
+        use_expandable_segments()  # before the first CUDA allocation
+    trainer.plan = trainer.make_plan(recipe.training, longest(prepared.train))
+    log.info("%s", trainer.plan.describe())
 
     tracker = None
     if recipe.tracking.enabled and main:
@@ -344,7 +429,12 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
         tracker = ExperimentTracker(recipe.tracking.tracking_uri)
         previous = _previous_run_id(run_dir) if checkpoint is not None else None
         data_stats = {k: v for k, v in prepared.stats.items() if k not in ("config", "invalid_ids")}
-        params = {**flatten(recipe_to_dict(recipe)), **environment(), **flatten(data_stats, "dataset.")}
+        params = {
+            **flatten(recipe_to_dict(recipe)),
+            **environment(),
+            **flatten(data_stats, "dataset."),
+            **trainer.plan.params(),
+        }
         run_id = tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
         (run_dir / RUN_FILE).write_text(
             json.dumps({"run_id": run_id, "tracking_uri": tracker.tracking_uri}) + "\n"
