@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_train_speed.sh fixed     # Llama-2-7B shape, seq 1024 x 4, r16 q,k,v,o (ANCHORS' setup)
 #   bash benchmarks/gpu_train_speed.sh varied    # same model, lengths lognormal between 64 and 2048
 #   bash benchmarks/gpu_train_speed.sh qlora     # QLoRA: Mistral-7B shape seq 2048; llama3-8b-qlora's settings
+#   bash benchmarks/gpu_train_speed.sh qlora8b   # llama3-8b-qlora's settings with Liger, and planned for 24 GB
 # Wheels are installed once per machine under /root/extra (kept while the machine stays warm).
 set -uo pipefail
 out=${OUT:-/tmp}
@@ -26,6 +27,8 @@ for stage in "$@"; do
             --variants "ours:qlora=on;gc=on;liger=off,ours:qlora=on;gc=on,ours:qlora=on" 2>&1 | tee "$out/train_qlora_mistral.txt" | tail -8
         $bench --model .gpu-carry/llama-3-8b-shape --seq 2048 --batch 4 --steps 4 --r 64 --dropout 0.1 \
             --targets all-linear --variants "ours:qlora=on;gc=on;liger=off,ours:qlora=on;mem=24" ;;
+    qlora8b) $bench --model .gpu-carry/llama-3-8b-shape --seq 2048 --batch 4 --steps 3 --warmup 2 --r 64 \
+            --dropout 0.1 --targets all-linear --variants "ours:qlora=on;gc=on,ours:qlora=on;mem=24" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac 2>&1 | tee "$out/train_$stage.txt" | grep -v "it/s\]" | tail -40
 done

@@ -1,9 +1,11 @@
 """python benchmarks/train_throughput.py [--model smollm2-135m-instruct] [--variants plain+gc,ours]
 
 tuneforge's trainer against the plain transformers + PEFT loop a user writes by hand, side by side: same
-model, same examples in the same order, same sequence lengths, examples per step, LoRA shape, AdamW and
-precision. Each variant runs in its own process (clean peak memory, no compiled code shared). Tokens/s
-count real (non-padding) tokens; peak memory is the allocator's peak (GPU) or the process RSS (CPU).
+model, same examples in the same order (except that tuneforge, without a variable-length attention
+kernel, batches examples of similar length together: its own method), same examples per step, LoRA
+shape, AdamW and precision. Each variant runs in its own process (clean peak memory, no compiled code
+shared). Tokens/s count real (non-padding) tokens; peak memory is the allocator's peak (GPU) or the
+process RSS (CPU).
 
 Variants (comma-separated; `NAME:key=value;...`):
     plain+gc / plain        the plain padded loop with / without gradient checkpointing
@@ -267,6 +269,15 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
             trainer.load_tokenizer()
             base = load_random(args.model, torch.bfloat16 if cuda else torch.float32)
         trainer.prepare_model(qlora, plan=plan, base_model=base)
+        training_arguments = trainer.training_arguments
+
+        def in_file_order(cfg_, has_eval):  # the plain loop's examples, step by step (not shuffled)
+            targs = training_arguments(cfg_, has_eval)
+            if targs.train_sampling_strategy == "random":
+                targs.train_sampling_strategy = "sequential"
+            return targs
+
+        trainer.training_arguments = in_file_order
         timer = StepTimer()
         trainer.train(train, None, cfg, callbacks=[timer])
     w = args.warmup
@@ -437,6 +448,7 @@ def main():
                 "results": {
                     v: {
                         "tokens_per_s": round(r["tokens_per_s"], 1),
+                        "tokens": r["tokens"],
                         "ratio": round(r["tokens_per_s"] / best[base]["tokens_per_s"], 4) if base else None,
                         "peak_gb": round(r["peak_gb"], 3),
                         "first_step_s": round(r["first_step_s"], 2),

@@ -9,6 +9,7 @@ import pytest
 
 PURE = [
     "tuneforge.config",
+    "tuneforge.train.speed",
     "tuneforge.errors",
     "tuneforge.data.formats",
     "tuneforge.data.readers",

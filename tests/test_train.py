@@ -64,6 +64,9 @@ def test_a_run_is_fully_tracked(tiny_model_dir, small_data_file, tmp_path):
     assert len(params["dataset.sha256"]) == 64
     assert int(params["dataset.train_examples"]) + int(params["dataset.validation_examples"]) == 16
     assert params["env.torch"] == torch.__version__
+    # the speed plan and why: on this CPU, the recipe as written
+    assert params["speed.micro_batch"] == "2" and params["speed.gradient_checkpointing"] == "off"
+    assert params["speed.attention"] == "sdpa" and params["speed.liger_kernel"] == "False"
     for metric in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss"):
         assert client.get_metric_history(run.info.run_id, metric), metric
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
@@ -200,6 +203,15 @@ def test_out_of_memory_says_what_to_lower(tiny_model_dir, small_data_file, tmp_p
     assert run_of(recipe)[1].info.status == "FAILED"
 
 
+def test_oom_advice_names_what_the_speed_plan_chose():
+    from tuneforge.train.speed import SpeedPlan
+
+    plan = SpeedPlan(8, 2, 0, 32, True, True, "varlen", estimated_peak_gb=70.0, budget_gb=72.0)
+    msg = oom_advice(TrainingConfig(per_device_train_batch_size=4, gradient_accumulation_steps=4), plan)
+    assert "per_device_train_batch_size=8" in msg and "gradient_accumulation_steps=2" in msg
+    assert "training.auto_tune=false" in msg and "gradient_checkpointing=true (currently off)" in msg
+
+
 def test_oom_advice_leaves_out_what_is_already_on():
     msg = oom_advice(TrainingConfig(gradient_checkpointing=True, use_quantization=True))
     assert "gradient_checkpointing" not in msg and "use_quantization" not in msg
@@ -232,7 +244,10 @@ def test_varlen_attention_keeps_packed_examples_apart_in_logits_and_gradients(ti
     model = trainer.prepare_model()
     assert model.config._attn_implementation == "varlen"
     packed = trainer.collator(packing=True)([{k: r[k] for k in ("input_ids", "labels")} for r in rows])
-    assert packed["cu_seq_lens_q"].tolist() == [0, *torch.tensor([len(r["input_ids"]) for r in rows]).cumsum(0)]
+    assert packed["cu_seq_lens_q"].tolist() == [
+        0,
+        *torch.tensor([len(r["input_ids"]) for r in rows]).cumsum(0),
+    ]
     together = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
     alone = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows])
     assert torch.allclose(together, alone, atol=1e-5)
@@ -246,10 +261,50 @@ def test_varlen_attention_keeps_packed_examples_apart_in_logits_and_gradients(ti
     first, second = rows[0]["input_ids"], rows[1]["input_ids"]
     width = max(len(first), len(second))
     ids = torch.tensor([first + [0] * (width - len(first)), second + [0] * (width - len(second))])
-    mask = torch.tensor([[1] * len(first) + [0] * (width - len(first)), [1] * len(second) + [0] * (width - len(second))])
+    mask = torch.tensor(
+        [[1] * len(first) + [0] * (width - len(first)), [1] * len(second) + [0] * (width - len(second))]
+    )
     padded = model(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(padded[0, : len(first)], alone[: len(first)], atol=1e-5)
     assert torch.allclose(padded[1, : len(second)], alone[len(first) : len(first) + len(second)], atol=1e-5)
+
+
+def test_a_speed_plan_sets_the_batch_split_and_checkpoints_only_the_layers_it_names(
+    tiny_model_dir, train_data, tmp_path
+):
+    from tuneforge.train.speed import SpeedPlan
+    from tuneforge.train.speedups import decoder_layers
+
+    trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
+    plan = SpeedPlan(micro_batch=1, accumulation=3, checkpointed_layers=1, num_layers=2, liger=False,
+                     compile=False, attention="varlen")  # fmt: skip
+    model = trainer.prepare_model(plan=plan)
+    layers = decoder_layers(model)
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    model.train()
+    batch = trainer.collator(packing=True)(
+        [{k: train_data[0][j][k] for k in ("input_ids", "labels")} for j in (0, 1)]
+    )
+    model(**batch).loss.backward()
+    assert calls == [2, 1]  # the checkpointed layer ran again in the backward pass, the other did not
+    cfg = TrainingConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        per_device_train_batch_size=4,  # the plan's 1 x 3 wins
+        gradient_accumulation_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        fp16=False,
+    )
+    trainer.train(train_data[0], None, cfg)
+    args = trainer.trainer.args
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 3)
+    assert trainer.trainer.state.epoch == pytest.approx(
+        3 / len(train_data[0])
+    )  # one step took 1 x 3 examples
 
 
 def test_export_merges_in_the_base_dtype(tmp_path, train_data):

@@ -464,6 +464,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             "instance": r["instance"],
             "GPU": r["gpu"],
             "fits": "yes" if r["fits"] else "no",
+            "peak GB": f"{r['peak_gb']:.1f}",
+            "plan": r["plan"] or "-",
             "tok/s": f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-",
             "hours": f"{r['hours']:.3g}" if r["hours"] is not None else "-",
             "cost": usd(r["cost_usd"]) if r["cost_usd"] is not None else "-",

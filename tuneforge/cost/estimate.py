@@ -22,8 +22,10 @@ Peak memory (GB here are 2^30 bytes, as torch.cuda.max_memory_allocated reports 
                  activations per token: two RMSNorm fp32 input copies (8h bytes; Liger's RMSNorm keeps a
                  bf16 copy, 4h), attention q, k, v and output (SDPA/flash: no seq x seq matrix), the MLP's
                  gate, up and SiLU outputs (3i; Liger's SwiGLU recomputes the SiLU, 2i), and for each adapted
-                 module its fp32 input (4 x in_features) plus a dropout mask (1 byte x in_features when
-                 lora_dropout > 0). Frozen linear layers save nothing.
+                 module its input in the activation dtype (the Trainer's autocast casts PEFT's fp32 copy
+                 down before the adapter's matmul saves it) plus a dropout mask (1 byte x in_features when
+                 lora_dropout > 0). Frozen linear layers save nothing. Compiled layers (torch.compile)
+                 recompute the norms and the SiLU: no norm copies, 2i.
     logits       tokens x vocab x 12 bytes: bf16 logits, their fp32 copy and log-softmax, and the
                  gradient. Calibrated on benchmarks/RESULTS.md: the vocab-49k run peaked 1.08 GB above the
                  vocab-32k one, of which 0.26 GB is embeddings, leaving ~12.5 bytes per logit. Liger's fused
@@ -32,8 +34,8 @@ Peak memory (GB here are 2^30 bytes, as torch.cuda.max_memory_allocated reports 
                  gradient of the hidden states (4 bytes x tokens x h).
     peak         weights + adapters + stored activations + the larger of the logits and one layer's
                  recompute (when any layer is checkpointed).
-Liger figures calibrated on the H200 probe (Llama-2-7B shape, seq 1024 x 4): 32.6 GB without checkpointing
-and 14.8 GB with, against 39.8 and 16.8 GB without Liger.
+Checked against tuneforge's trainer on an H200 (benchmarks/RESULTS.md, Llama-2-7B shape, seq 1024 x 4,
+no checkpointing): 35.4 GB eager, 28.7 GB with Liger, 28.8 GB compiled, 27.7 GB both.
 Assumptions: one sequence of max_seq_length per batch row (an upper bound with length-grouped batches),
 the whole batch per step (no sequence packing savings), AdamW, no CUDA context or allocator slack (nvidia-smi
 shows 0.5-2 GB more). Checked against the measured H100 runs (tests/test_cost.py).
@@ -208,13 +210,20 @@ def layer_activation_bytes_per_token(
     dtype: str = "bfloat16",
     lora_dropout: float = 0.05,
     liger: bool = False,
+    compiled: bool = False,
 ) -> float:
     """Bytes one decoder layer keeps for the backward pass, per token (see the module docstring)."""
     act = _act_bytes(dtype)
     h, i = shape.hidden_size, shape.intermediate_size
     shapes = shape.module_shapes()
-    adapters = sum((4 + (1 if lora_dropout > 0 else 0)) * shapes[m][0] for m in target_list(target_modules))
-    norms, mlp = (4 * h, 2 * i) if liger else (8 * h, 3 * i)
+    adapter_inputs = sum(shapes[m][0] for m in target_list(target_modules))
+    adapters = (act + (1 if lora_dropout > 0 else 0)) * adapter_inputs
+    if compiled:  # inductor recomputes the norms and the SiLU in the backward pass
+        norms, mlp = 0, 2 * i
+    elif liger:
+        norms, mlp = 4 * h, 2 * i
+    else:
+        norms, mlp = 8 * h, 3 * i
     return norms + act * (2 * shape.q_dim + 2 * shape.kv_dim) + act * mlp + adapters
 
 
@@ -239,12 +248,13 @@ def estimate_memory(
     lora_dropout: float = 0.05,
     checkpointed_layers: int | None = None,
     liger: bool = False,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Peak GPU memory of one training step, by part, in GB (2^30 bytes).
 
     `checkpointed_layers` (selective checkpointing) overrides `gradient_checkpointing`: that many decoder
-    layers recompute their activations, the others keep them. `liger`: Liger's RMSNorm, SwiGLU and fused
-    linear cross-entropy."""
+    layers recompute their activations, the others keep them. `liger`: Liger's fused linear cross-entropy,
+    and its RMSNorm and SwiGLU in eager layers; `compiled`: decoder layers under torch.compile."""
     if method not in ("lora", "qlora"):
         raise ConfigError(f"method must be lora or qlora, got '{method}'")
     for name, value in (("r", r), ("seq_len", seq_len), ("batch_size", batch_size)):
@@ -257,8 +267,14 @@ def estimate_memory(
         raise ConfigError(f"checkpointed_layers must be in [0, {n_layers}], got {checkpointed_layers!r}")
     tokens = seq_len * batch_size
     act = _act_bytes(dtype)
+    residual = act  # bytes per value of the residual stream, which checkpointed layers keep
+    residual_extra = 0  # per token and layer
     if method == "qlora":
         act = 2  # QLoRA computes in bf16/fp16 whatever the stored dtype
+        # peft's k-bit preparation upcasts the norms to fp32, so the residual stream runs in fp32: layer
+        # inputs take 4 bytes, and each layer keeps fp32 copies worth about 18h bytes per token more
+        # (fitted to the H200 QLoRA runs in benchmarks/RESULTS.md)
+        residual, residual_extra = 4, 18 * shape.hidden_size
         largest = max(a * b for a, b in shape.module_shapes().values())
         weights = (
             shape.linear_parameter_count() * (0.5 + QUANT_CONSTANT_BYTES[double_quant])
@@ -269,11 +285,14 @@ def estimate_memory(
         weights = shape.parameter_count() * (4 if dtype == "float32" else 2)
     n_lora = lora_parameter_count(shape, r, target_modules)
     adapters = n_lora * 16
-    per_layer = tokens * layer_activation_bytes_per_token(
-        shape, target_modules, "float32" if act == 4 else "bfloat16", lora_dropout, liger
+    per_layer = tokens * (
+        layer_activation_bytes_per_token(
+            shape, target_modules, "float32" if act == 4 else "bfloat16", lora_dropout, liger, compiled
+        )
+        + residual_extra
     )
     logits = fused_cross_entropy_bytes(shape, tokens) if liger else tokens * shape.vocab_size * LOGIT_BYTES
-    kept = checkpointed_layers * tokens * shape.hidden_size * act
+    kept = checkpointed_layers * tokens * shape.hidden_size * residual
     stored = kept + (n_layers - checkpointed_layers) * per_layer
     transient = max(logits, per_layer) if checkpointed_layers else logits
     parts = {
@@ -295,12 +314,14 @@ def estimate_memory(
         "tokens_per_step": tokens,
         "checkpointed_layers": checkpointed_layers,
         "liger": liger,
+        "compiled": compiled,
         "parts_gb": parts,
         "peak_gb": sum(parts.values()),
         "assumptions": (
             f"{'QLoRA 4-bit' if method == 'qlora' else 'LoRA ' + dtype} weights, r={r} on "
             f"{', '.join(target_list(target_modules))}, seq {seq_len} x batch {batch_size}, gradient "
-            f"checkpointing {checkpointing}, {'Liger kernels' if liger else 'no Liger'}, AdamW; excludes "
+            f"checkpointing {checkpointing}, {'Liger kernels' if liger else 'no Liger'}, "
+            f"{'compiled' if compiled else 'eager'} layers, AdamW; excludes "
             "CUDA context"
         ),
     }
@@ -343,15 +364,23 @@ def estimate_training(
     method: str = "lora",
     throughput_tok_s: float | None = None,
     throughput_source: str = "",
+    plan_for=None,
 ) -> list[dict[str, Any]]:
     """For each GPU instance of the catalog: whether the run fits, hours and cost (None without a
-    throughput reference for its GPU). `throughput_tok_s` (per GPU, measured) replaces the references."""
+    throughput reference for its GPU). `throughput_tok_s` (per GPU, measured) replaces the references.
+    `plan_for(gpu_memory_gb)` returns the speed plan tuneforge would pick on that GPU
+    (tuneforge.train.speed); the row then fits by the plan's peak and says what it chose."""
     params_b = shape.parameter_count() / 1e9
     rows = []
     for inst in catalog.instances.values():
         if not inst.is_gpu:
             continue
-        fits = memory["peak_gb"] <= (inst.gpu_memory_gb or 0) * FIT_FRACTION
+        peak, plan = memory["peak_gb"], None
+        if plan_for is not None and inst.gpu_memory_gb:
+            chosen = plan_for(inst.gpu_memory_gb)
+            peak = chosen.estimated_peak_gb
+            plan = f"micro {chosen.micro_batch}x{chosen.accumulation}, ckpt {chosen.checkpointing_label()}"
+        fits = peak <= (inst.gpu_memory_gb or 0) * FIT_FRACTION
         if throughput_tok_s is not None:
             per_gpu, basis, source = throughput_tok_s, "measured", throughput_source
         else:
@@ -379,7 +408,9 @@ def estimate_training(
                 "gpu": f"{inst.gpu_count}x {inst.gpu}",
                 "gpu_memory_gb": inst.gpu_memory_gb,
                 "fits": fits,
-                "headroom_gb": (inst.gpu_memory_gb or 0) * FIT_FRACTION - memory["peak_gb"],
+                "peak_gb": peak,
+                "plan": plan,
+                "headroom_gb": (inst.gpu_memory_gb or 0) * FIT_FRACTION - peak,
                 "tokens_per_s": per_gpu * inst.gpu_count if per_gpu else None,
                 "hours": hours,
                 "cost_usd": hours * inst.on_demand_usd_per_hour if hours is not None else None,
@@ -445,6 +476,8 @@ def estimate_recipe(
     dtype = (
         recipe.model.dtype if recipe.model.dtype != "auto" else "bfloat16" if t.bf16 or t.fp16 else "float32"
     )
+    # the smallest footprint tuneforge can choose: every layer checkpointed and Liger's cross-entropy,
+    # unless the recipe pins them off; each instance's row then shows what the speed plan picks there
     memory = estimate_memory(
         shape,
         method,
@@ -452,11 +485,24 @@ def estimate_recipe(
         recipe.lora.target_modules,
         recipe.data.max_seq_length,
         t.per_device_train_batch_size,
-        t.gradient_checkpointing,
+        t.gradient_checkpointing is not False,
         dtype,
         recipe.quantization.double_quant,
         recipe.lora.lora_dropout,
+        liger=t.liger_kernel is not False,
     )
+    plan_for = None
+    if t.auto_tune:
+        from tuneforge.train.speed import Device, plan_speed
+
+        model_type = (model_config.get("text_config") or model_config).get("model_type")
+
+        def plan_for(gpu_memory_gb: float):
+            device = Device("cuda", free_gb=gpu_memory_gb, liger_installed=True)
+            return plan_speed(
+                t, recipe.lora, recipe.model, recipe.data.max_seq_length, device, shape, method, model_type
+            )
+
     tokens, tokens_how = training_tokens(
         t.max_steps,
         t.per_device_train_batch_size,
@@ -466,7 +512,9 @@ def estimate_recipe(
         dataset_tokens,
         dataset_source,
     )
-    rows = estimate_training(shape, memory, tokens, catalog, method, throughput_tok_s, throughput_source)
+    rows = estimate_training(
+        shape, memory, tokens, catalog, method, throughput_tok_s, throughput_source, plan_for
+    )
     return {
         "recipe": recipe.name,
         "model": recipe.model.name_or_path,
@@ -476,5 +524,8 @@ def estimate_recipe(
         "training_tokens": tokens,
         "training_tokens_from": tokens_how,
         "instances": rows,
-        "fit_rule": f"peak <= {FIT_FRACTION:.0%} of one GPU's memory (DDP keeps a full copy per GPU)",
+        "fit_rule": (
+            f"peak <= {FIT_FRACTION:.0%} of one GPU's memory (DDP keeps a full copy per GPU); with auto_tune "
+            "each GPU's peak is that of the speed plan tuneforge picks there (Liger assumed installed)"
+        ),
     }

@@ -76,7 +76,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         if max_len is None:
             max_len = int(cu_seqlens.diff().max())
         cu = cu_seqlens.to(torch.int32)
-        out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, **causal)
+        # flash kernels take bf16/fp16 only; QLoRA's fp32 norms (peft's k-bit preparation) make fp32 q, k
+        dtype = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        out = varlen_attn(
+            *(t.to(dtype) for t in (q, k, v)), cu, cu, max_len, max_len, scale=scaling, **causal
+        )
+        out = out.to(query.dtype)
     else:
         out = _per_example(q, k, v, cu_seqlens, scaling)
     return out.unsqueeze(0), None

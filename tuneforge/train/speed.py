@@ -143,7 +143,7 @@ def plan_speed(
         supported = model_type is None or model_type in LIGER_MODEL_TYPES
         liger = device.liger_installed and supported
         if liger:
-            reasons.append("Liger kernels: fused norms, SwiGLU, RoPE and cross-entropy without full logits")
+            reasons.append("Liger's fused linear cross-entropy: no full logits in memory")
         elif not device.liger_installed:
             reasons.append("Liger kernels off: not installed (pip install liger-kernel)")
         else:
@@ -152,10 +152,12 @@ def plan_speed(
     if compile_ is None:
         compile_ = method == "lora"
         reasons.append(
-            "torch.compile per decoder layer"
+            "torch.compile per decoder layer (it fuses norms and SwiGLU itself: Liger's versions stay off)"
             if compile_
             else "torch.compile off for QLoRA (4-bit matmuls break the compiled graph)"
         )
+    if liger and not compile_:
+        reasons.append("Liger's RMSNorm, RoPE and SwiGLU in the eager decoder layers")
 
     if shape is None:
         pinned = bool(training.gradient_checkpointing)
@@ -170,20 +172,54 @@ def plan_speed(
         reasons.append(f"planning for {available:g} GB (training.gpu_memory_gb), not the GPU's free memory")
     budget = available * HEADROOM
 
-    def peak(m: int, k: int) -> float:
-        return estimate_memory(
-            shape,
-            method,
-            lora.r,
-            lora.target_modules,
-            seq_len,
-            m,
-            dtype="bfloat16",
-            lora_dropout=lora.lora_dropout,
-            checkpointed_layers=k,
-            liger=liger,
-        )["peak_gb"]
+    def peak_with(liger_on: bool):
+        def peak(m: int, k: int) -> float:
+            return estimate_memory(
+                shape,
+                method,
+                lora.r,
+                lora.target_modules,
+                seq_len,
+                m,
+                dtype="bfloat16",
+                lora_dropout=lora.lora_dropout,
+                checkpointed_layers=k,
+                liger=liger_on,
+                compiled=compile_,
+            )["peak_gb"]
 
+        return peak
+
+    pinned = training.gradient_checkpointing
+    m, k, why = _fit(peak_with(liger), micro, accum, seq_len, layers, budget, pinned)
+    if liger and compile_ and training.liger_kernel is None:
+        # compiled layers ran 4% faster without Liger's cross-entropy (benchmarks/RESULTS.md): keep it only
+        # where its memory saving buys less recomputation or a larger micro-batch
+        m0, k0, why0 = _fit(peak_with(False), micro, accum, seq_len, layers, budget, pinned)
+        if k0 <= k and m0 >= m and peak_with(False)(m0, k0) <= budget:
+            liger, (m, k, why) = False, (m0, k0, why0)
+            reasons[:] = [r for r in reasons if not r.startswith("Liger")]
+            reasons.append(
+                "Liger off: the run fits as well without its cross-entropy, which is slower compiled"
+            )
+    reasons.extend(why)
+    effective = micro * accum
+    if m != micro:
+        reasons.append(
+            f"micro-batch {micro} x accumulation {accum} -> {m} x {effective // m}: same effective batch "
+            f"{effective}, {'larger' if m > micro else 'smaller'} steps"
+        )
+    peak = peak_with(liger)
+    return SpeedPlan(
+        m, effective // m, k, layers, liger, compile_, attention, peak(m, k), budget, reasons=reasons
+    )
+
+
+def _fit(peak, micro: int, accum: int, seq_len: int, layers: int, budget: float, pinned: bool | None):
+    """(micro-batch, checkpointed layers, reasons): no checkpointing at the largest micro-batch that fits
+    (same effective batch); else as few checkpointed layers as fit; else every layer at a smaller
+    micro-batch. `peak(micro_batch, layers_checkpointed)` is the estimate in GB."""
+    reasons: list[str] = []
     effective = micro * accum
     cap = max(MAX_MICRO_TOKENS, micro * seq_len)
     sizes = [d for d in range(effective, 0, -1) if effective % d == 0 and d * seq_len <= cap]
@@ -191,46 +227,31 @@ def plan_speed(
     def largest_fitting(k: int) -> int | None:
         return next((d for d in sizes if peak(d, k) <= budget), None)
 
-    pinned = training.gradient_checkpointing
-    chosen: tuple[int, int] | None = None
     if pinned is not None:
         k = layers if pinned else 0
-        m = largest_fitting(k)
         reasons.append(f"gradient checkpointing {'on' if pinned else 'off'}: set by the recipe")
+        m = largest_fitting(k)
         if m is not None:
-            chosen = (m, k)
+            return m, k, reasons
     else:
         m = largest_fitting(0)
         if m is not None and m * seq_len >= min(micro * seq_len, MIN_MICRO_TOKENS):
-            chosen = (m, 0)
             reasons.append(f"no gradient checkpointing: fits in {budget:.0f} GB without recomputing")
-        else:
-            k = next((k for k in range(1, layers + 1) if peak(micro, k) <= budget), None)
-            if k is not None:
-                chosen = (micro, k)
-                reasons.append(
-                    f"gradient checkpointing on {k} of {layers} layers: the fewest that fit in "
-                    f"{budget:.0f} GB"
-                )
-            else:
-                m = largest_fitting(layers)
-                if m is not None:
-                    chosen = (m, layers)
-                    reasons.append(f"gradient checkpointing on every layer: needed to fit {budget:.0f} GB")
-    if chosen is None:
-        k = layers if pinned is not False else 0
-        chosen = (micro, k)
-        reasons.append(
-            f"the estimate says even micro-batch {min(sizes) if sizes else micro} does not fit in "
-            f"{budget:.0f} GB; trying the recipe's micro-batch with checkpointing "
-            f"{'on' if k else 'off'} (lower data.max_seq_length or use QLoRA if it runs out of memory)"
-        )
-    m, k = chosen
-    if m != micro:
-        reasons.append(
-            f"micro-batch {micro} x accumulation {accum} -> {m} x {effective // m}: same effective batch "
-            f"{effective}, {'larger' if m > micro else 'smaller'} steps"
-        )
-    return SpeedPlan(
-        m, effective // m, k, layers, liger, compile_, attention, peak(m, k), budget, reasons=reasons
+            return m, 0, reasons
+        k = next((k for k in range(1, layers + 1) if peak(micro, k) <= budget), None)
+        if k is not None:
+            reasons.append(
+                f"gradient checkpointing on {k} of {layers} layers: the fewest that fit in {budget:.0f} GB"
+            )
+            return micro, k, reasons
+        m = largest_fitting(layers)
+        if m is not None:
+            reasons.append(f"gradient checkpointing on every layer: needed to fit {budget:.0f} GB")
+            return m, layers, reasons
+    k = layers if pinned is not False else 0
+    reasons.append(
+        f"the estimate says even micro-batch {min(sizes)} does not fit in {budget:.0f} GB; trying the "
+        f"recipe's micro-batch with checkpointing {'on' if k else 'off'} (lower data.max_seq_length or use "
+        "QLoRA if it runs out of memory)"
     )
+    return micro, k, reasons

@@ -30,9 +30,11 @@ def use_expandable_segments() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
-def apply_liger(model) -> bool:
+def apply_liger(model, cross_entropy_only: bool = False) -> bool:
     """Patch the model instance with Liger's kernels (transformers' own integration); False when Liger has
-    no patch for this model type."""
+    no patch for this model type. `cross_entropy_only`: just the fused linear cross-entropy, for compiled
+    layers, where inductor fuses norms and SwiGLU better than Liger's separate kernels (measured:
+    benchmarks/RESULTS.md)."""
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
     from transformers.integrations.liger import apply_liger_kernel
 
@@ -41,7 +43,8 @@ def apply_liger(model) -> bool:
             "Liger kernels: no patch for model type %s; training without them", model.config.model_type
         )
         return False
-    apply_liger_kernel(model, None)
+    only_ce = {"rope": False, "rms_norm": False, "swiglu": False, "fused_linear_cross_entropy": True}
+    apply_liger_kernel(model, only_ce if cross_entropy_only else None)
     return True
 
 

@@ -148,7 +148,7 @@ class LoRATrainer:
             attn = model_cfg.attn_implementation
             model.set_attn_implementation("sdpa" if attn == "auto" else attn)
         if plan is not None and plan.liger:
-            plan.liger = speedups.apply_liger(model)
+            plan.liger = speedups.apply_liger(model, cross_entropy_only=plan.compile)
         if use_quantization:
             model = prepare_model_for_kbit_training(
                 model,
