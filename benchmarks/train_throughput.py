@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_VARIANTS = "plain+gc,plain,ours"
+SEED = 42
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -162,10 +163,14 @@ def plain_loop(args, path, dtype, rows, lora_cfg, gc: bool) -> dict:
     if gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    torch.manual_seed(SEED)  # the adapters start as tuneforge's do (prepare_model seeds the same way)
     model = get_peft_model(model, build_lora_config(lora_cfg))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    # no weight decay, as tuneforge's default (torch's AdamW defaults to 0.01)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0
+    )
     model.train()
-    tokens, times = 0, []
+    tokens, times, losses = 0, [], []
     per_step = args.batch * args.accumulation
     for step in range(args.warmup + args.steps):
         sync()
@@ -187,6 +192,8 @@ def plain_loop(args, path, dtype, rows, lora_cfg, gc: bool) -> dict:
             )
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / args.accumulation
             loss.backward()
+            if args.record_loss:
+                losses.append(loss.item()) if micro == 0 else losses.__setitem__(-1, losses[-1] + loss.item())
             step_tokens += sum(len(r["input_ids"]) for r in batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -195,7 +202,13 @@ def plain_loop(args, path, dtype, rows, lora_cfg, gc: bool) -> dict:
         times.append(time.perf_counter() - start)
         if step >= args.warmup:
             tokens += step_tokens
-    return {"tokens": tokens, "seconds": sum(times[args.warmup :]), "first_step_s": times[0], "plan": None}
+    return {
+        "tokens": tokens,
+        "seconds": sum(times[args.warmup :]),
+        "first_step_s": times[0],
+        "plan": None,
+        "losses": losses,
+    }
 
 
 def _switch(value: str | None) -> bool | None:
@@ -215,7 +228,11 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
         """Whole optimizer steps (collation included), timed from one step's end to the next."""
 
         def __init__(self):
-            self.times, self.tokens, self._last, self._seen = [], [], None, 0
+            self.times, self.tokens, self.losses, self._last, self._seen = [], [], [], None, 0
+
+        def on_log(self, args_, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
 
         def on_train_begin(self, args_, state, control, **kw):
             sync()
@@ -250,7 +267,7 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
             lr_scheduler_type="constant",
             save_strategy="no",
             eval_strategy="no",
-            logging_steps=1000,
+            logging_steps=1 if args.record_loss else 1000,
             fp16=False,
             bf16=cuda,
             packing=True,
@@ -268,7 +285,7 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
         if args.random_weights and not qlora:  # the same random model as the plain loop, built the same way
             trainer.load_tokenizer()
             base = load_random(args.model, torch.bfloat16 if cuda else torch.float32)
-        trainer.prepare_model(qlora, plan=plan, base_model=base)
+        trainer.prepare_model(qlora, plan=plan, base_model=base, seed=SEED)
         training_arguments = trainer.training_arguments
 
         def in_file_order(cfg_, has_eval):  # the plain loop's examples, step by step (not shuffled)
@@ -286,6 +303,7 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
         "seconds": sum(timer.times[w:]),
         "first_step_s": timer.times[0],
         "median_step_s": statistics.median(timer.times[w:]),
+        "losses": timer.losses,
         "plan": {
             "micro_batch": plan.micro_batch,
             "accumulation": plan.accumulation,
@@ -370,6 +388,11 @@ def main():
     p.add_argument("--random-weights", action="store_true", help="build the model from config.json alone")
     p.add_argument("--synthetic", action="store_true", help="random tokens, every example --seq long")
     p.add_argument("--lengths", choices=("fixed", "lognormal"), default="fixed")
+    p.add_argument(
+        "--record-loss",
+        action="store_true",
+        help="log every step's training loss (both loops start from the same weights and LoRA init)",
+    )
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
     p.add_argument("--timeout", type=int, default=900, help="seconds per variant before it counts as failed")
     args = p.parse_args()
@@ -453,6 +476,7 @@ def main():
                         "peak_gb": round(r["peak_gb"], 3),
                         "first_step_s": round(r["first_step_s"], 2),
                         "plan": r.get("plan"),
+                        **({"losses": [round(x, 5) for x in r["losses"]]} if args.record_loss else {}),
                     }
                     for v, r in best.items()
                 },

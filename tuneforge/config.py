@@ -54,9 +54,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
     attn_implementation: str = "auto"
-    """Attention kernel: auto (varlen when training packs batches on a GPU, else sdpa), sdpa, eager, varlen
-    (torch's variable-length flash attention: packed examples never attend to each other), flex_attention
-    or flash_attention_2."""
+    """auto (varlen for packed training on a GPU, else sdpa), sdpa, eager, varlen, flex_attention, flash_*."""
     cache_dir: str | None = None
     """Cache for the embedded default's conversion (default: $TUNEFORGE_CACHE or ~/.cache/tuneforge)."""
 
@@ -189,22 +187,17 @@ class TrainingConfig:
     bf16: bool = False
     """Use bf16 mixed precision (preferred on Ampere and newer GPUs)."""
     gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass to save memory; null: on a GPU (with auto_tune) as few
-    layers as the memory estimate says must be, else off."""
+    """Recompute activations to save memory; null: the fewest layers that fit on a GPU, else off."""
     packing: bool = True
-    """Padding-free packing with variable-length attention (varlen, flash); with sdpa/eager, batches of
-    similar length instead."""
+    """Packing with varlen/flash attention; with sdpa/eager, batches of similar length instead."""
     auto_tune: bool = True
-    """On a CUDA GPU, pick checkpointing, the micro-batch (same effective batch) and kernels for the GPU;
-    every choice and its reason is logged. false: the recipe exactly as written."""
+    """On a GPU, pick checkpointing, micro-batch and kernels for it (logged); false: the recipe as written."""
     liger_kernel: bool | None = None
-    """Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (no full logits); null: on a GPU when
-    liger-kernel is installed and supports the model."""
+    """Liger's fused kernels and linear cross-entropy; null: on a GPU when installed and where it helps."""
     gpu_memory_gb: float | None = None
     """Plan for at most this much GPU memory (GB); null: the GPU's free memory when training starts."""
     torch_compile: bool | None = None
-    """Compile each decoder layer with torch.compile (regional; compile time is reported); null: on a GPU
-    for LoRA, off for QLoRA."""
+    """torch.compile each decoder layer; null: on a GPU for LoRA, off for QLoRA."""
     logging_steps: int = 10
     """Log metrics every this many optimizer steps."""
     eval_strategy: str = "epoch"

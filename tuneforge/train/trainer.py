@@ -115,12 +115,14 @@ class LoRATrainer:
         gradient_checkpointing: bool = False,
         plan: SpeedPlan | None = None,
         base_model=None,
+        seed: int | None = None,
     ):
         """Load the base model (4-bit under QLoRA) and wrap it with LoRA adapters: a PeftModel.
 
         A speed plan sets the attention kernel, Liger, how many layers recompute activations and per-layer
         compilation; without one, `gradient_checkpointing` alone applies. `base_model` skips loading
-        (benchmarks build random weights)."""
+        (benchmarks build random weights). `seed` seeds the adapters' initialisation (the Trainer seeds only
+        what comes after it), so the same recipe starts from the same adapter."""
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         from tuneforge.models.resolve import resolve_model
@@ -161,6 +163,10 @@ class LoRATrainer:
         if checkpointed:
             speedups.limit_checkpointing(model, checkpointed)
         model.config.use_cache = False  # the KV cache is useless in training and wastes memory
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
         self.model = get_peft_model(model, build_lora_config(self.lora_config))
         if plan is not None and plan.compile:
             speedups.compile_layers(self.model)
@@ -253,7 +259,7 @@ class LoRATrainer:
 
         if self.model is None:
             plan = self.plan or self.make_plan(training_args, longest(train_dataset))
-            self.prepare_model(training_args.use_quantization, plan=plan)
+            self.prepare_model(training_args.use_quantization, plan=plan, seed=training_args.seed)
         keep = ["input_ids", "labels"]
         train_dataset = train_dataset.select_columns(keep)
         has_eval = eval_dataset is not None and len(eval_dataset) > 0
