@@ -214,6 +214,14 @@ def test_memory_estimate_lands_within_10_percent_of_each_measured_h200_peak(case
     assert est["peak_gb"] == pytest.approx(measured, rel=0.10)
 
 
+def test_each_adapter_parameter_costs_16_bytes_weight_gradient_and_two_adamw_moments():
+    shape = ModelShape.from_config(LLAMA2)
+    est = estimate_memory(shape, "lora", 16, QKVO, 1024, 4)
+    n = 32 * 16 * (4096 + 4096) * 4  # layers x r x (in + out) x four 4096x4096 projections
+    assert est["lora_parameters"] == n
+    assert est["parts_gb"]["adapters_and_optimizer"] * 2**30 == n * 16
+
+
 def test_selective_checkpointing_lies_between_none_and_all():
     shape = ModelShape.from_config(LLAMA2)
     by_layers = [

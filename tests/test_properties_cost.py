@@ -62,16 +62,20 @@ def test_property_33_training_cost_is_rate_times_hours(inst, hours, spot):
 
 # Feature: llm-fine-tuning-inference, Property 34: Inference cost calculation correctness
 @settings(max_examples=200, deadline=None)
-@given(inst=instances(), rps=st.floats(0.001, 10_000.0), tok_s=st.floats(0.01, 100_000.0))
-def test_property_34_cost_per_1k_requests_is_rate_over_throughput(inst, rps, tok_s):
+@given(inst=instances(), rps=st.floats(0.001, 10_000.0), tok_s=st.floats(0.01, 100_000.0), spot=st.booleans())
+def test_property_34_cost_per_1k_requests_is_rate_over_throughput(inst, rps, tok_s, spot):
     catalog, entry = inst
     analyzer = CostAnalyzer(catalog)
-    rate = entry["on_demand_usd_per_hour"]
-    per_1k = analyzer.calculate_inference_cost(entry["name"], rps)
+    if spot and entry["spot_usd_per_hour"] is None:
+        with pytest.raises(Exception, match="no spot price"):
+            analyzer.calculate_inference_cost(entry["name"], rps, spot=True)
+        return
+    rate = entry["spot_usd_per_hour"] if spot else entry["on_demand_usd_per_hour"]
+    per_1k = analyzer.calculate_inference_cost(entry["name"], rps, spot=spot)
     assert per_1k == pytest.approx(rate / (3600 * rps) * 1000, rel=1e-12)
     # the same figure seen as cost per request: an hour's price over an hour's requests
     assert per_1k / 1000 == pytest.approx(rate / (rps * 3600), rel=1e-12)
-    assert analyzer.cost_per_million_tokens(entry["name"], tok_s) == pytest.approx(
+    assert analyzer.cost_per_million_tokens(entry["name"], tok_s, spot=spot) == pytest.approx(
         rate / (3600 * tok_s) * 1e6, rel=1e-12
     )
     for bad in (0, -rps, float("nan")):

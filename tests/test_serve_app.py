@@ -100,7 +100,8 @@ def test_timeout_is_504_with_the_partial_text():
 
 
 def test_overload_is_429_with_retry_after():
-    engine = FakeEngine(delay=0.05)
+    # each admitted request holds its slot for 8 x 0.25 s, far longer than six threads take to send theirs
+    engine = FakeEngine(delay=0.25)
     with app_client(engine, max_pending=2) as client:
         import concurrent.futures
 
@@ -110,7 +111,7 @@ def test_overload_is_429_with_retry_after():
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             results = list(pool.map(call, range(6)))
     codes = sorted(r.status_code for r in results)
-    assert codes.count(200) >= 2 and 429 in codes and set(codes) <= {200, 429}
+    assert codes == [200, 200, 429, 429, 429, 429]  # exactly max_pending admitted, every other one refused
     rejected = next(r for r in results if r.status_code == 429)
     assert rejected.headers["retry-after"] == "1" and "max_pending" in rejected.json()["error"]["message"]
 
@@ -161,9 +162,19 @@ def test_adapters_load_list_unload_and_no_path_traversal(tmp_path):
     outside.mkdir()
     (outside / "adapter_config.json").write_text("{}")
     (root / "link").symlink_to(outside)
+    sibling = tmp_path / "adapters-evil"  # shares the adapter folder's name as a string prefix
+    sibling.mkdir()
+    (sibling / "adapter_config.json").write_text("{}")
     with app_client(adapter_dir=str(root)) as client:
         assert client.post("/v1/adapters", json={"name": "demo", "path": "demo"}).status_code == 200
-        for path in ("../secret", str(outside), "link", "demo/../../secret"):
+        for path in (
+            "../secret",
+            str(outside),
+            "link",
+            "demo/../../secret",
+            str(sibling),
+            "../adapters-evil",
+        ):
             r = client.post("/v1/adapters", json={"name": "x", "path": path})
             assert r.status_code == 403 and r.json()["error"]["param"] == "path", path
         assert client.post("/v1/adapters", json={"name": "x", "path": "missing"}).status_code == 400

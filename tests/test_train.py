@@ -103,7 +103,11 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(
     newest.write_bytes(newest.read_bytes()[:100])  # half-written
     assert last_good_checkpoint(tmp_path / "run").name == "checkpoint-1"
     assert "checkpoint-2 is corrupt or incomplete" in caplog.text
-    (tmp_path / "run" / "checkpoint-1" / "optimizer.pt").unlink()  # incomplete
+    optimizer = tmp_path / "run" / "checkpoint-1" / "optimizer.pt"
+    optimizer.write_bytes(b"not a torch file")  # present but unreadable: as bad as missing
+    assert last_good_checkpoint(tmp_path / "run") is None
+    assert "checkpoint-1 is corrupt or incomplete (unreadable" in caplog.text
+    optimizer.unlink()  # incomplete
     assert last_good_checkpoint(tmp_path / "run") is None
 
 
