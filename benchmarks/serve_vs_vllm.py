@@ -32,6 +32,23 @@ LOAD = (
 )
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of the server's process tree by role: the API process, vLLM's engine
+    core and its workers, told apart by their process titles."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out: dict[str, float] = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            title, times = " ".join(p.cmdline()) or p.name(), p.cpu_times()
+        except psutil.Error:
+            continue
+        role = "api" if p.pid == pid else "engine core" if "EngineCor" in title else "worker"
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def top_functions(collapsed: Path, n: int = 15) -> list[tuple[str, float]]:
     """Share of samples in which each function appears (inclusive), from py-spy's collapsed stacks."""
     counts, total = collections.Counter(), 0
@@ -49,6 +66,8 @@ def run_server(name: str, cmd: list[str], ready: str, args, port: int, out: Path
     spy = None
     try:
         wait_ready(f"http://127.0.0.1:{port}{ready}", proc)
+        sent = {"temperature": args.temperature, "top-p": args.top_p}
+        sampling = [f"--{k}={v}" for k, v in sent.items() if v is not None]
 
         def load(prompts: int, result: str) -> list[str]:
             return [
@@ -57,23 +76,28 @@ def run_server(name: str, cmd: list[str], ready: str, args, port: int, out: Path
             "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--ignore-eos", "--num-prompts", str(prompts),
             "--max-concurrency", str(args.concurrency), "--seed", "0", "--disable-tqdm",
-            "--save-result", "--result-dir", str(out), "--result-filename", result,
+            "--save-result", "--result-dir", str(out), "--result-filename", result, *sampling,
             ]  # fmt: skip
 
         # a warm-up round first, not recorded
         subprocess.run(load(args.concurrency, f"{name}-warmup.json"), capture_output=True, timeout=900)
         if args.profile:
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             spy = subprocess.Popen(
-                [shutil.which("py-spy") or "py-spy", "record", "--pid", str(proc.pid), "--format", "raw",
-                 "--rate", "200", "--output", str(out / f"{name}.collapsed"), "--nonblocking"],
+                [py_spy, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200",
+                 "--output", str(out / f"{name}.collapsed"), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+        before = cpu_seconds(proc.pid)
         done = subprocess.run(
             load(args.prompts, f"{name}.json"), capture_output=True, text=True, timeout=1800
         )
         if done.returncode != 0:
             raise SystemExit(f"vllm bench serve failed against {name}:\n{done.stderr[-3000:]}")
-        return json.loads((out / f"{name}.json").read_text())
+        after = cpu_seconds(proc.pid)
+        result = json.loads((out / f"{name}.json").read_text())
+        result["cpu_seconds"] = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+        return result
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -95,6 +119,8 @@ def main():
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--temperature", type=float, help="sent with every request (default: none, as a new user)")
+    p.add_argument("--top-p", type=float, help="sent with every request (default: none)")
     p.add_argument("--profile", help="folder for py-spy's samples of each API process (needs py-spy)")
     p.add_argument("--only", choices=("tuneforge", "vllm"), help="run one server only")
     args = p.parse_args()
@@ -141,6 +167,9 @@ def main():
     if len(results) == 2:
         ratio = results["tuneforge serve"]["request_throughput"] / results["vllm serve"]["request_throughput"]
         print(f"tuneforge / vllm serve, requests/s: {ratio:.3f}")
+    for name, r in results.items():
+        cpu = ", ".join(f"{k} {v:.1f} s" for k, v in r["cpu_seconds"].items())
+        print(f"CPU time under load, {name}: {cpu} ({r['completed']} requests)")
     if args.profile:
         for name in ("tuneforge", "vllm"):
             collapsed = out / f"{name}.collapsed"
@@ -158,8 +187,9 @@ def main():
                 "output_len": args.output_len,
                 "concurrency": args.concurrency,
                 "prompts": args.prompts,
+                "sampling_sent": {"temperature": args.temperature, "top_p": args.top_p},
                 "ratio_requests_per_s": ratio,
-                "results": {k: {m: v[m] for m in keys} for k, v in results.items()},
+                "results": {k: {m: v[m] for m in (*keys, "cpu_seconds")} for k, v in results.items()},
             }
         )
     )

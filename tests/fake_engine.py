@@ -24,6 +24,7 @@ class FakeEngine:
         self.started = 0
         self.cancelled = 0
         self.finished = 0
+        self.samplings: list = []  # the SamplingParams of every request, in order
 
     def count_tokens(self, prompt: str) -> int:
         return len(prompt.split())
@@ -38,6 +39,7 @@ class FakeEngine:
         return [f" {tag}{key}w{i}" for i in range(n)]
 
     def _check(self, prompt, sampling, adapter):
+        self.samplings.append(sampling)
         if adapter is not None and adapter not in self._adapters:
             raise AdapterNotFound(f"no adapter named '{adapter}'", param="model")
         check_context(self.count_tokens(prompt), sampling.max_tokens, self.max_model_len)

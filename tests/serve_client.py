@@ -16,7 +16,7 @@ from tuneforge.serve.settings import ServeSettings
 @contextmanager
 def app_client(engine: FakeEngine | None = None, *, wait_ready: bool = True, **settings):
     engine = engine or FakeEngine()
-    app = build_app(ServeSettings(model="fake", **settings), engine_factory=lambda s: engine)
+    app = build_app(ServeSettings(**{"model": "fake", **settings}), engine_factory=lambda s: engine)
     with TestClient(app, raise_server_exceptions=False) as client:
         if wait_ready:
             for _ in range(200):

@@ -99,6 +99,29 @@ def test_timeout_is_504_with_the_partial_text():
         assert client.engine.cancelled == 2  # both generations were stopped in the engine
 
 
+def test_sampling_defaults_come_from_the_request_then_the_recipe_then_the_model_then_openai(tmp_path):
+    from tuneforge.config import InferenceConfig
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "generation_config.json").write_text('{"temperature": 0.6, "top_p": 0.95, "do_sample": true}')
+
+    def sent(client, **fields):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **fields}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        s = client.engine.samplings[-1]
+        return s.temperature, s.top_p
+
+    with app_client(model=str(model), served_name="m") as client:
+        assert sent(client) == (0.6, 0.95)  # the model's generation_config, as vLLM applies it
+        assert sent(client, temperature=0.0, top_p=0.5) == (0.0, 0.5)
+    with app_client(model=str(model), served_name="m", inference=InferenceConfig(temperature=0.2)) as client:
+        assert sent(client) == (0.2, 0.95)  # the recipe's server default beats the model's
+    with app_client(served_name="m") as client:  # no generation_config: OpenAI's and vLLM's defaults
+        assert sent(client) == (1.0, 1.0)
+
+
 def test_overload_is_429_with_retry_after():
     # each admitted request holds its slot for 8 x 0.25 s, far longer than six threads take to send theirs
     engine = FakeEngine(delay=0.25)

@@ -318,10 +318,10 @@ class InferenceConfig:
     """Serving dtype: auto, float32, bfloat16 or float16."""
     max_tokens: int = 512
     """Default completion length."""
-    temperature: float = 0.7
-    """Default sampling temperature."""
-    top_p: float = 0.9
-    """Default nucleus sampling threshold."""
+    temperature: float | None = None
+    """Server default when a request sets none; null: the model's generation_config, else 1.0 (as vLLM)."""
+    top_p: float | None = None
+    """Server default top_p when a request sets none; null: the model's generation_config, else 1.0."""
     engine: str = "auto"
     """Generation engine: auto (vLLM when installed, else transformers), vllm or transformers."""
     kv_cache_gb: float | None = None
@@ -361,8 +361,9 @@ class InferenceConfig:
             _check_choice("quantization", self.quantization, ("bitsandbytes", "awq", "gptq"))
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _check("max_tokens", self.max_tokens >= 1, ">= 1", self.max_tokens)
-        _check("temperature", 0.0 <= self.temperature <= 2.0, "in [0, 2]", self.temperature)
-        _check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]", self.top_p)
+        t, p = self.temperature, self.top_p
+        _check("temperature", t is None or 0.0 <= t <= 2.0, "in [0, 2] or null", t)
+        _check("top_p", p is None or 0.0 < p <= 1.0, "in (0, 1] or null", p)
 
 
 @dataclass

@@ -84,3 +84,34 @@ def _load_failure(reference: str, ref: ModelRef, error: Exception) -> str:
             "network and HF_TOKEN for gated models, or pass a local folder"
         )
     return f"cannot load model '{reference}' from {ref.path}: {reason}"
+
+
+SAMPLING_KEYS = ("temperature", "top_p")
+
+
+def generation_defaults(reference: str, cache_dir: str | None = None) -> dict[str, float]:
+    """The sampling defaults a model ships in its generation_config.json (temperature, top_p), which
+    vLLM applies when a request sets none; {} when it has none or they cannot be read offline."""
+    import json
+
+    try:
+        ref = resolve_model(reference, cache_dir)
+    except ModelLoadError:
+        return {}
+    path = Path(ref.path) / "generation_config.json"
+    if ref.kind == "hub":
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(ref.path, "generation_config.json")
+        except Exception:  # no huggingface_hub, or an id it cannot parse
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable %s: %s", path, e)
+        return {}
+    return {k: float(config[k]) for k in SAMPLING_KEYS if isinstance(config.get(k), (int, float))}

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.engines.base import EngineError
+from tuneforge.models.resolve import generation_defaults
 from tuneforge.serve import admin, openai_routes, routes
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.service import ClientDisconnected, GenerationService, error_body
@@ -47,6 +48,9 @@ def build_app(settings: ServeSettings, engine_factory: Callable | None = None) -
     async def load() -> None:
         try:
             engine = await asyncio.to_thread(factory, settings)
+            svc.model_defaults = await asyncio.to_thread(
+                generation_defaults, settings.model, settings.cache_dir
+            )
             for name, path in settings.adapters.items():
                 await engine.load_adapter(name, path)
             svc.engine = engine

@@ -44,6 +44,8 @@ class GenerationService:
         self.engine = None
         self.load_error: str | None = None
         self.active = 0
+        # what the model's generation_config.json sets, used where neither request nor recipe says
+        self.model_defaults: dict[str, float] = {}
 
     # -- state ---------------------------------------------------------------------------------------
     def require_engine(self):
@@ -71,10 +73,18 @@ class GenerationService:
     def sampling(self, req: SamplingFields, max_tokens: int | None = None) -> SamplingParams:
         d = self.settings.inference
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+
+        def default(name: str) -> float:
+            """The request's value, else the recipe's, else the model's, else 1.0 (OpenAI's and vLLM's)."""
+            for value in (getattr(req, name), getattr(d, name), self.model_defaults.get(name)):
+                if value is not None:
+                    return value
+            return 1.0
+
         try:
             return SamplingParams(
-                temperature=d.temperature if req.temperature is None else req.temperature,
-                top_p=d.top_p if req.top_p is None else req.top_p,
+                temperature=default("temperature"),
+                top_p=default("top_p"),
                 max_tokens=max_tokens or req.max_tokens or d.max_tokens,
                 stop=stop,
                 ignore_eos=req.ignore_eos,
