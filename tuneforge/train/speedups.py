@@ -13,15 +13,17 @@ log = logging.getLogger(__name__)
 
 
 def current_device() -> Device:
-    """The GPU the run will use (free memory now), or the CPU."""
+    """The GPU the run will use (its free memory now), or the CPU. Under torchrun/accelerate every rank
+    plans from the GPU's total memory instead, so that all ranks pick the same micro-batch."""
     import torch
 
     liger = importlib.util.find_spec("liger_kernel") is not None
     if not torch.cuda.is_available():
         return Device("cpu", liger_installed=liger)
     index = torch.cuda.current_device()
-    free, _total = torch.cuda.mem_get_info(index)
-    return Device("cuda", torch.cuda.get_device_name(index), free / 2**30, liger)
+    free, total = torch.cuda.mem_get_info(index)
+    usable = free if int(os.environ.get("WORLD_SIZE", "1")) == 1 else total
+    return Device("cuda", torch.cuda.get_device_name(index), usable / 2**30, liger)
 
 
 def use_expandable_segments() -> None:

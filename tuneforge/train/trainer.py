@@ -131,8 +131,9 @@ class LoRATrainer:
         self.load_tokenizer()
         self.use_quantization = use_quantization
         self.plan = plan
+        every_layer = 10**6  # limit_checkpointing caps it at the model's layer count
         checkpointed = (
-            plan.checkpointed_layers if plan is not None else (10**6 if gradient_checkpointing else 0)
+            plan.checkpointed_layers if plan is not None else (every_layer if gradient_checkpointing else 0)
         )
         model_cfg = self.model_config
         if plan is not None and plan.attention != model_cfg.attn_implementation:
