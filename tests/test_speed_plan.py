@@ -97,6 +97,18 @@ def test_liger_needs_installing_and_qlora_is_not_compiled():
     assert not q.compile and q.liger and any("QLoRA" in r for r in q.reasons)
 
 
+def test_liger_pinned_on_where_it_cannot_run_is_a_clear_error():
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"liger_kernel=true but liger-kernel is not installed.*pip install"
+    ):
+        plan(24.0, liger=False, liger_kernel=True)
+    cfg = TrainingConfig(liger_kernel=True)
+    with pytest.raises(ConfigError, match="liger_kernel=true needs a CUDA GPU"):
+        plan_speed(cfg, LORA, MODEL, 2048, Device("cpu", liger_installed=True), MISTRAL)
+
+
 def test_gpu_memory_gb_caps_what_the_plan_uses():
     p = plan(139.0, gpu_memory_gb=24.0)
     assert p.budget_gb == pytest.approx(24.0 * HEADROOM)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tuneforge.config import LoRAConfig, ModelConfig, TrainingConfig
+from tuneforge.errors import ConfigError
 
 HEADROOM = 0.9  # share of the GPU's free memory the estimate may fill (allocator slack, estimate error)
 MAX_MICRO_TOKENS = 16384  # beyond this a larger micro-batch buys little and costs memory
@@ -119,6 +120,17 @@ def plan_speed(
 ) -> SpeedPlan:
     """Choose the settings (see the module docstring). `shape` is a tuneforge.cost.estimate.ModelShape;
     without one the batch split and checkpointing stay as the recipe has them."""
+    if training.liger_kernel:
+        if device.kind != "cuda":
+            raise ConfigError(
+                f"training.liger_kernel=true needs a CUDA GPU (Liger's kernels are Triton); this is a "
+                f"{device.kind}: set it to null or false"
+            )
+        if not device.liger_installed:
+            raise ConfigError(
+                "training.liger_kernel=true but liger-kernel is not installed: pip install 'tuneforge[gpu]' "
+                "(or liger-kernel), or set it to null"
+            )
     reasons: list[str] = []
     micro, accum = training.per_device_train_batch_size, training.gradient_accumulation_steps
     layers = shape.num_hidden_layers if shape is not None else None
