@@ -38,3 +38,29 @@ def test_train_throughput_runs_every_variant_in_its_own_process_on_the_same_exam
     # trains exactly as the plain padded loop: the same loss at every step
     assert len(ours["losses"]) == len(plain["losses"]) == 4
     assert ours["losses"] == pytest.approx(plain["losses"], rel=1e-4)
+
+
+def test_serve_vs_vllm_attributes_cpu_time_and_profile_samples_correctly(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import serve_vs_vllm
+
+    collapsed = tmp_path / "p.collapsed"
+    collapsed.write_text("main (a.py:1);send (b.py:2) 3\nmain (a.py:1);encode (c.py:9) 1\n")
+    shares = dict(serve_vs_vllm.top_functions(collapsed))
+    assert shares == {"main": 1.0, "send": 0.75, "encode": 0.25}  # inclusive share of all samples
+    # a parent that waits and a child that spins: the child's CPU is counted as a worker's, not the API's
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 3: pass\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"]
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        seconds = serve_vs_vllm.cpu_seconds(parent.pid)
+        while seconds.get("worker", 0.0) < 1.0 and time.monotonic() < deadline:  # until the child has spun
+            time.sleep(0.1)
+            seconds = serve_vs_vllm.cpu_seconds(parent.pid)
+    finally:
+        parent.wait(timeout=30)
+    assert set(seconds) == {"api", "worker"} and seconds["api"] < seconds["worker"]
