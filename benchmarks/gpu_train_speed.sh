@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_train_speed.sh varied    # same model, lengths lognormal between 64 and 2048
 #   bash benchmarks/gpu_train_speed.sh qlora     # QLoRA: Mistral-7B shape seq 2048; llama3-8b-qlora's settings
 #   bash benchmarks/gpu_train_speed.sh qlora8b   # llama3-8b-qlora's settings with Liger, and planned for 24 GB
+#   (qlora and qlora8b upcast embeddings, head and norms to fp32 as peft does: fp32=on, how they were measured)
+#   bash benchmarks/gpu_train_speed.sh qlora-bf16  # the same with them kept in bf16 (tuneforge's default now)
 # Wheels are installed once per machine under /root/extra (kept while the machine stays warm).
 set -uo pipefail
 out=${OUT:-/tmp}
@@ -24,10 +26,14 @@ for stage in "$@"; do
     varied) $bench --model .gpu-carry/llama-2-7b-shape --lengths lognormal --seq 2048 --batch 4 --steps 10 \
         --warmup 5 --targets $qkvo --variants "plain+gc,plain,ours:compile=off,ours" ;;
     qlora) $bench --model .gpu-carry/mistral-7b-shape --seq 2048 --batch 1 --steps 6 --targets $qkvo \
-            --variants "ours:qlora=on;gc=on;liger=off,ours:qlora=on;gc=on,ours:qlora=on" 2>&1 | tee "$out/train_qlora_mistral.txt" | tail -8
+            --variants "ours:qlora=on;fp32=on;gc=on;liger=off,ours:qlora=on;fp32=on;gc=on,ours:qlora=on;fp32=on" 2>&1 | tee "$out/train_qlora_mistral.txt" | tail -8
         $bench --model .gpu-carry/llama-3-8b-shape --seq 2048 --batch 4 --steps 4 --r 64 --dropout 0.1 \
-            --targets all-linear --variants "ours:qlora=on;gc=on;liger=off,ours:qlora=on;mem=24" ;;
+            --targets all-linear --variants "ours:qlora=on;fp32=on;gc=on;liger=off,ours:qlora=on;fp32=on;mem=24" ;;
     qlora8b) $bench --model .gpu-carry/llama-3-8b-shape --seq 2048 --batch 4 --steps 3 --warmup 2 --r 64 \
+            --dropout 0.1 --targets all-linear --variants "ours:qlora=on;fp32=on;gc=on,ours:qlora=on;fp32=on;mem=24" ;;
+    qlora-bf16) $bench --model .gpu-carry/mistral-7b-shape --seq 2048 --batch 1 --steps 6 --targets $qkvo \
+            --variants "ours:qlora=on;gc=on" 2>&1 | tee "$out/train_qlora_bf16_mistral.txt" | tail -4
+        $bench --model .gpu-carry/llama-3-8b-shape --seq 2048 --batch 4 --steps 3 --warmup 2 --r 64 \
             --dropout 0.1 --targets all-linear --variants "ours:qlora=on;gc=on,ours:qlora=on;mem=24" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac 2>&1 | tee "$out/train_$stage.txt" | grep -v "it/s\]" | tail -40

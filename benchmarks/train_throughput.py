@@ -12,7 +12,8 @@ Variants (comma-separated; `NAME:key=value;...`):
     ours                    `tuneforge train` as a user gets it: the speed plan picks everything
     ours:gc=on;liger=off    ours with levers pinned: gc (on/off/auto), liger, compile (on/off/auto),
                             attn (auto/sdpa/varlen), auto (on/off: the speed plan at all), qlora (on/off),
-                            mem (GB the plan may use, e.g. 24 to plan for a 24 GB card)
+                            mem (GB the plan may use, e.g. 24 to plan for a 24 GB card), fp32 (on/off/auto:
+                            QLoRA's embeddings, head and norms upcast, quantization.fp32_unquantized)
 
 On a GPU with a 7B shape and random weights (config.json only):
 
@@ -52,7 +53,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
         name = "plain"
     if name not in ("plain", "ours"):
         raise SystemExit(f"--variants: unknown variant '{spec}' (plain, plain+gc or ours[:key=value;...])")
-    allowed = {"gc"} if name == "plain" else {"gc", "liger", "compile", "attn", "auto", "qlora", "mem"}
+    ours_keys = {"gc", "liger", "compile", "attn", "auto", "qlora", "mem", "fp32"}
+    allowed = {"gc"} if name == "plain" else ours_keys
     unknown = set(opts) - allowed
     if unknown:
         raise SystemExit(f"--variants: '{spec}': unknown key {', '.join(sorted(unknown))}; known: {allowed}")
@@ -221,7 +223,7 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from tuneforge.config import ModelConfig, TrainingConfig
+    from tuneforge.config import ModelConfig, QuantizationConfig, TrainingConfig
     from tuneforge.train.trainer import LoRATrainer
 
     class StepTimer(TrainerCallback):
@@ -248,15 +250,13 @@ def ours(args, rows, lora_cfg, opts: dict) -> dict:
     cuda = torch.cuda.is_available()
     dtype_name = "bfloat16" if cuda else "float32"
     qlora = opts.get("qlora") == "on"
-    model_ref = args.model
+    model_ref = opts.get("saved", args.model)
     with tempfile.TemporaryDirectory(dir=_roomy_tmp()) as tmp:
-        if qlora and args.random_weights:  # 4-bit loading goes through from_pretrained: save random weights
-            model_ref = saved_random_model(args.model, tmp)
-            torch.cuda.empty_cache()
         model_cfg = ModelConfig(
             name_or_path=model_ref, dtype=dtype_name, attn_implementation=opts.get("attn", "auto")
         )
-        trainer = LoRATrainer(model_ref, lora_cfg, model_cfg)
+        quant = QuantizationConfig(fp32_unquantized=_switch(opts.get("fp32", "auto")))
+        trainer = LoRATrainer(model_ref, lora_cfg, model_cfg, quant)
         cfg = TrainingConfig(
             output_dir=str(Path(tmp) / "run"),
             max_steps=args.warmup + args.steps,
@@ -350,6 +350,10 @@ def run_one(args) -> dict:
     rows = build_rows(args, load_tokenizer(args.model), path)
     targets = args.targets.split(",")
     lora_cfg = LoRAConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=args.dropout, target_modules=targets)
+    if name == "ours" and opts.get("qlora") == "on" and args.random_weights:
+        # 4-bit loading goes through from_pretrained: random weights saved first, outside the measured peak
+        opts["saved"] = saved_random_model(args.model, tempfile.gettempdir())
+        torch.cuda.empty_cache()
     with PeakMemory() as mem:
         if name == "plain":
             dtype = torch.bfloat16 if cuda else torch.float32

@@ -196,9 +196,22 @@ H200_PEAKS = [
 ]
 
 
-@pytest.mark.parametrize("case", H200_PEAKS, ids=lambda c: c[0])
+# QLoRA with embeddings, output head and norms kept in bf16 (quantization.fp32_unquantized null, the default)
+H200_QLORA_BF16_PEAKS = [
+    ("mistral qlora bf16 ckpt liger", MISTRAL_SHAPE, "qlora", 16, QKVO, 2048, 1, 32, 0.0, True, False, 4.96),
+    ("llama3 qlora bf16 recipe", LLAMA3, "qlora", 64, ["all-linear"], 2048, 4, 32, 0.1, True, False, 11.30),
+    ("llama3 qlora bf16 26/32", LLAMA3, "qlora", 64, ["all-linear"], 2048, 4, 26, 0.1, True, False, 19.39),
+    ("llama3 qlora bf16 b1", LLAMA3, "qlora", 64, ["all-linear"], 2048, 1, 0, 0.1, True, False, 21.31),
+]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(*c, True) for c in H200_PEAKS] + [(*c, False) for c in H200_QLORA_BF16_PEAKS],
+    ids=lambda c: c[0],
+)
 def test_memory_estimate_lands_within_10_percent_of_each_measured_h200_peak(case):
-    _, config, method, r, targets, seq, batch, layers, dropout, liger, compiled, measured = case
+    _, config, method, r, targets, seq, batch, layers, dropout, liger, compiled, measured, fp32 = case
     est = estimate_memory(
         ModelShape.from_config(config),
         method,
@@ -210,6 +223,7 @@ def test_memory_estimate_lands_within_10_percent_of_each_measured_h200_peak(case
         checkpointed_layers=layers,
         liger=liger,
         compiled=compiled,
+        fp32_unquantized=fp32,
     )
     assert est["peak_gb"] == pytest.approx(measured, rel=0.10)
 

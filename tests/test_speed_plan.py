@@ -97,6 +97,41 @@ def test_liger_needs_installing_and_qlora_is_not_compiled():
     assert not q.compile and q.liger and any("QLoRA" in r for r in q.reasons)
 
 
+def test_qlora_keeps_the_recipes_micro_batch_and_checkpoints_layers_instead():
+    # dequantizing every weight once per forward pass makes small micro-batches slow under QLoRA
+    q = plan(40.0, method="qlora", use_quantization=True, gradient_accumulation_steps=1)
+    lora = plan(40.0, gradient_accumulation_steps=1)
+    assert (q.micro_batch, q.accumulation) == (4, 1)
+    assert 0 < q.checkpointed_layers < MISTRAL.num_hidden_layers
+    assert peak(q, method="qlora") <= q.budget_gb
+    # LoRA halves its micro-batch rather than recompute anything
+    assert (lora.micro_batch, lora.accumulation, lora.checkpointed_layers) == (2, 2, 0)
+
+
+def test_small_models_are_not_compiled():
+    tiny = ModelShape.from_config(
+        {**KNOWN_SHAPES["mistralai/Mistral-7B-Instruct-v0.3"], "hidden_size": 576, "intermediate_size": 1536,
+         "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}
+    )  # fmt: skip
+    cfg = TrainingConfig(per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    p = plan_speed(cfg, LORA, MODEL, 256, gpu(139.0), tiny, "lora", "mistral")
+    assert tiny.parameter_count() < 1e9 and not p.compile
+    assert p.liger  # the eager layers get Liger's kernels instead
+    assert any("compiling takes longer than it saves" in r for r in p.reasons)
+    assert plan(139.0).compile  # a 7B model is
+
+
+def test_qlora_plans_for_bf16_or_fp32_embeddings_as_configured():
+    cfg = TrainingConfig(per_device_train_batch_size=4, gradient_accumulation_steps=1, use_quantization=True)
+    bf16, fp32 = (
+        plan_speed(cfg, LORA, MODEL, 2048, gpu(24.0), MISTRAL, "qlora", "mistral", fp32_unquantized=up)
+        for up in (False, True)
+    )
+    assert bf16.estimated_peak_gb < fp32.estimated_peak_gb
+    assert bf16.checkpointed_layers < fp32.checkpointed_layers  # the saving buys less recomputation
+    assert any("kept in bf16" in r for r in bf16.reasons) and any("upcast to fp32" in r for r in fp32.reasons)
+
+
 def test_liger_pinned_on_where_it_cannot_run_is_a_clear_error():
     from tuneforge.errors import ConfigError
 

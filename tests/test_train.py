@@ -393,3 +393,54 @@ def test_duration_and_memory_are_estimated_from_measured_steps(tiny_model_dir, t
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
     assert metrics["estimate/seconds_per_step"] > 0 and metrics["peak_memory_gb"] > 0.05
     assert metrics["estimate/total_seconds"] == pytest.approx(6 * metrics["estimate/seconds_per_step"])
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir, train_data):
+    from tuneforge.train.speed import SpeedPlan
+    from tuneforge.train.speedups import decoder_layers
+
+    results = []
+    for compiled in (False, True):
+        trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2, lora_dropout=0.0))
+        plan = SpeedPlan(micro_batch=2, accumulation=1, checkpointed_layers=0, num_layers=2, liger=False,
+                         compile=compiled, attention="sdpa")  # fmt: skip
+        model = trainer.prepare_model(plan=plan, seed=3)
+        layers = decoder_layers(model)
+        assert [layer._compiled_call_impl is not None for layer in layers] == [compiled] * len(layers)
+        torch.manual_seed(4)
+        with torch.no_grad():  # B starts at zero, which would leave A without a gradient
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.1)
+        batch = trainer.collator(packing=False)(
+            [{k: train_data[0][j][k] for k in ("input_ids", "labels")} for j in (0, 1)]
+        )
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.item(), grads))
+    (eager_loss, eager), (compiled_loss, compiled) = results
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert eager.keys() == compiled.keys() and eager
+    for name, grad in eager.items():
+        assert grad.abs().max() > 0, name
+        assert torch.allclose(compiled[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("fp32_unquantized, expected", [(None, torch.bfloat16), (True, torch.float32)])
+def test_qlora_keeps_embeddings_head_and_norms_in_bf16_unless_asked(
+    tiny_model_dir, fp32_unquantized, expected
+):
+    from tuneforge.config import ModelConfig, QuantizationConfig
+
+    trainer = LoRATrainer(
+        str(tiny_model_dir),
+        LoRAConfig(r=2),
+        ModelConfig(name_or_path=str(tiny_model_dir), dtype="bfloat16"),
+        QuantizationConfig(fp32_unquantized=fp32_unquantized),
+    )
+    model = trainer.prepare_model(use_quantization=True)
+    base = model.get_base_model()
+    assert base.get_input_embeddings().weight.dtype == expected
+    assert base.model.norm.weight.dtype == expected
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)

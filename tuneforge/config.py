@@ -151,6 +151,16 @@ class QuantizationConfig:
     """Dtype of the matrix products on dequantized weights: bfloat16, float16 or float32."""
     quant_storage: str = "uint8"
     """Container dtype of the packed 4-bit weights; set it to the compute dtype for QLoRA with FSDP."""
+    fp32_unquantized: bool | None = None
+    """Upcast embeddings, output head and norms to fp32 (as peft does); null: only without bf16 compute."""
+    # kept in bf16 they take 2 bytes per parameter and the residual stream stays bf16, as in plain LoRA:
+    # about 4 GB less on Llama-3-8B
+
+    def keeps_fp32(self) -> bool:
+        """Whether embeddings, output head and norms are upcast to fp32 under QLoRA."""
+        if self.fp32_unquantized is not None:
+            return self.fp32_unquantized
+        return self.compute_dtype != "bfloat16"
 
     def __post_init__(self):
         _check_choice("quant_type", self.quant_type, ("nf4", "fp4"))

@@ -11,9 +11,9 @@ Peak memory (GB here are 2^30 bytes, as torch.cuda.max_memory_allocated reports 
     weights      LoRA: every parameter in the model dtype (2 bytes for bf16/fp16, 4 for fp32).
                  QLoRA: the decoder's linear layers at 0.5 byte/parameter (4-bit) plus quantization
                  constants (0.0159 byte/parameter with double quantization, 0.0625 without: one fp32
-                 absmax per 64 weights), everything else (embeddings, output head, norms) in fp32, since
-                 peft.prepare_model_for_kbit_training upcasts it; plus one dequantized bf16 copy of the
-                 largest weight matrix.
+                 absmax per 64 weights), everything else (embeddings, output head, norms) in bf16, or in
+                 fp32 where it is upcast (quantization.fp32_unquantized; peft's k-bit preparation); plus
+                 one dequantized bf16 copy of the largest weight matrix.
     adapters     LoRA A and B (r x (in + out) per adapted module) in fp32, with their gradients and two
                  AdamW moments: 16 bytes per adapter parameter.
     activations  checkpointed layers keep only their input (tokens x h in the activation dtype), and one
@@ -249,12 +249,14 @@ def estimate_memory(
     checkpointed_layers: int | None = None,
     liger: bool = False,
     compiled: bool = False,
+    fp32_unquantized: bool = True,
 ) -> dict[str, Any]:
     """Peak GPU memory of one training step, by part, in GB (2^30 bytes).
 
     `checkpointed_layers` (selective checkpointing) overrides `gradient_checkpointing`: that many decoder
     layers recompute their activations, the others keep them. `liger`: Liger's fused linear cross-entropy,
-    and its RMSNorm and SwiGLU in eager layers; `compiled`: decoder layers under torch.compile."""
+    and its RMSNorm and SwiGLU in eager layers; `compiled`: decoder layers under torch.compile.
+    `fp32_unquantized` (QLoRA): embeddings, output head and norms upcast to fp32, as peft prepares them."""
     if method not in ("lora", "qlora"):
         raise ConfigError(f"method must be lora or qlora, got '{method}'")
     for name, value in (("r", r), ("seq_len", seq_len), ("batch_size", batch_size)):
@@ -270,15 +272,16 @@ def estimate_memory(
     residual = act  # bytes per value of the residual stream, which checkpointed layers keep
     residual_extra = 0  # per token and layer
     if method == "qlora":
-        act = 2  # QLoRA computes in bf16/fp16 whatever the stored dtype
-        # peft's k-bit preparation upcasts the norms to fp32, so the residual stream runs in fp32: layer
-        # inputs take 4 bytes, and each layer keeps fp32 copies worth about 18h bytes per token more
-        # (fitted to the H200 QLoRA runs in benchmarks/RESULTS.md)
-        residual, residual_extra = 4, 18 * shape.hidden_size
+        act = residual = 2  # QLoRA computes in bf16/fp16 whatever the stored dtype
+        if fp32_unquantized:
+            # fp32 norms make the residual stream fp32: layer inputs take 4 bytes, and each layer keeps
+            # fp32 copies worth about 18h bytes per token more (fitted to the H200 QLoRA runs in
+            # benchmarks/RESULTS.md)
+            residual, residual_extra = 4, 18 * shape.hidden_size
         largest = max(a * b for a, b in shape.module_shapes().values())
         weights = (
             shape.linear_parameter_count() * (0.5 + QUANT_CONSTANT_BYTES[double_quant])
-            + shape.other_parameter_count() * 4
+            + shape.other_parameter_count() * (4 if fp32_unquantized else 2)
             + largest * 2
         )
     else:
@@ -490,6 +493,7 @@ def estimate_recipe(
         recipe.quantization.double_quant,
         recipe.lora.lora_dropout,
         liger=t.liger_kernel is not False,
+        fp32_unquantized=recipe.quantization.keeps_fp32(),
     )
     plan_for = None
     if t.auto_tune:
@@ -500,7 +504,15 @@ def estimate_recipe(
         def plan_for(gpu_memory_gb: float):
             device = Device("cuda", free_gb=gpu_memory_gb, liger_installed=True)
             return plan_speed(
-                t, recipe.lora, recipe.model, recipe.data.max_seq_length, device, shape, method, model_type
+                t,
+                recipe.lora,
+                recipe.model,
+                recipe.data.max_seq_length,
+                device,
+                shape,
+                method,
+                model_type,
+                fp32_unquantized=recipe.quantization.keeps_fp32(),
             )
 
     tokens, tokens_how = training_tokens(

@@ -24,6 +24,9 @@ from tuneforge.errors import ConfigError
 HEADROOM = 0.9  # share of the GPU's free memory the estimate may fill (allocator slack, estimate error)
 MAX_MICRO_TOKENS = 16384  # beyond this a larger micro-batch buys little and costs memory
 MIN_MICRO_TOKENS = 2048  # below this (and below the recipe's), prefer checkpointing a few layers
+# below this, compiling the layers costs more than it gains (SmolLM2-135M on an H200: 0.46x the plain loop
+# over 40 steps with the compile, 15-40 s of it, and not faster after it)
+COMPILE_MIN_PARAMS = 1_000_000_000
 # model types Liger Kernel patches (liger_kernel.transformers.monkey_patch); checked again at load time
 LIGER_MODEL_TYPES = (
     "llama",
@@ -117,9 +120,11 @@ def plan_speed(
     shape=None,
     method: str = "lora",
     model_type: str | None = None,
+    fp32_unquantized: bool = True,
 ) -> SpeedPlan:
     """Choose the settings (see the module docstring). `shape` is a tuneforge.cost.estimate.ModelShape;
-    without one the batch split and checkpointing stay as the recipe has them."""
+    without one the batch split and checkpointing stay as the recipe has them. `fp32_unquantized`: QLoRA
+    upcasts embeddings, output head and norms (QuantizationConfig.keeps_fp32)."""
     if training.liger_kernel:
         if device.kind != "cuda":
             raise ConfigError(
@@ -132,6 +137,12 @@ def plan_speed(
                 "(or liger-kernel), or set it to null"
             )
     reasons: list[str] = []
+    if method == "qlora":
+        reasons.append(
+            "QLoRA: embeddings, output head and norms upcast to fp32 (quantization.fp32_unquantized)"
+            if fp32_unquantized
+            else "QLoRA: embeddings, output head and norms kept in bf16, as plain LoRA keeps them"
+        )
     micro, accum = training.per_device_train_batch_size, training.gradient_accumulation_steps
     layers = shape.num_hidden_layers if shape is not None else None
     attention = _attention(model, training, device, reasons)
@@ -162,12 +173,19 @@ def plan_speed(
             reasons.append(f"Liger kernels off: no Liger patch for model type '{model_type}'")
     compile_ = training.torch_compile
     if compile_ is None:
-        compile_ = method == "lora"
-        reasons.append(
-            "torch.compile per decoder layer (it fuses norms and SwiGLU itself: Liger's versions stay off)"
-            if compile_
-            else "torch.compile off for QLoRA (4-bit matmuls break the compiled graph)"
-        )
+        small = shape is not None and shape.parameter_count() < COMPILE_MIN_PARAMS
+        compile_ = method == "lora" and not small
+        if method != "lora":
+            reasons.append("torch.compile off for QLoRA (4-bit matmuls break the compiled graph)")
+        elif small:
+            reasons.append(
+                f"torch.compile off: a {shape.parameter_count() / 1e9:.2f}B-parameter model waits on kernel "
+                "launches, and compiling takes longer than it saves"
+            )
+        else:
+            reasons.append(
+                "torch.compile per decoder layer (it fuses norms and SwiGLU itself: no Liger kernels there)"
+            )
     if liger and not compile_:
         reasons.append("Liger's RMSNorm, RoPE and SwiGLU in the eager decoder layers")
 
@@ -198,16 +216,21 @@ def plan_speed(
                 checkpointed_layers=k,
                 liger=liger_on,
                 compiled=compile_,
+                fp32_unquantized=fp32_unquantized,
             )["peak_gb"]
 
         return peak
 
     pinned = training.gradient_checkpointing
-    m, k, why = _fit(peak_with(liger), micro, accum, seq_len, layers, budget, pinned)
+    # QLoRA dequantizes every weight once per forward pass, so a smaller micro-batch costs more than the
+    # recomputation it saves (Llama-3-8B on an H200: 1 x 4 without checkpointing ran at 0.70x of 4 x 1 with
+    # it): keep the recipe's micro-batch and checkpoint layers instead
+    floor = micro * seq_len if method == "qlora" else min(micro * seq_len, MIN_MICRO_TOKENS)
+    m, k, why = _fit(peak_with(liger), micro, accum, seq_len, layers, budget, pinned, floor)
     if liger and compile_ and training.liger_kernel is None:
         # compiled layers ran 4% faster without Liger's cross-entropy (benchmarks/RESULTS.md): keep it only
         # where its memory saving buys less recomputation or a larger micro-batch
-        m0, k0, why0 = _fit(peak_with(False), micro, accum, seq_len, layers, budget, pinned)
+        m0, k0, why0 = _fit(peak_with(False), micro, accum, seq_len, layers, budget, pinned, floor)
         if k0 <= k and m0 >= m and peak_with(False)(m0, k0) <= budget:
             liger, (m, k, why) = False, (m0, k0, why0)
             reasons[:] = [r for r in reasons if not r.startswith("Liger")]
@@ -227,10 +250,20 @@ def plan_speed(
     )
 
 
-def _fit(peak, micro: int, accum: int, seq_len: int, layers: int, budget: float, pinned: bool | None):
+def _fit(
+    peak,
+    micro: int,
+    accum: int,
+    seq_len: int,
+    layers: int,
+    budget: float,
+    pinned: bool | None,
+    floor_tokens: int = MIN_MICRO_TOKENS,
+):
     """(micro-batch, checkpointed layers, reasons): no checkpointing at the largest micro-batch that fits
-    (same effective batch); else as few checkpointed layers as fit; else every layer at a smaller
-    micro-batch. `peak(micro_batch, layers_checkpointed)` is the estimate in GB."""
+    (same effective batch) if it holds at least `floor_tokens` tokens; else as few checkpointed layers as
+    fit; else every layer at a smaller micro-batch. `peak(micro_batch, layers_checkpointed)` is the estimate
+    in GB."""
     reasons: list[str] = []
     effective = micro * accum
     cap = max(MAX_MICRO_TOKENS, micro * seq_len)
@@ -247,7 +280,7 @@ def _fit(peak, micro: int, accum: int, seq_len: int, layers: int, budget: float,
             return m, k, reasons
     else:
         m = largest_fitting(0)
-        if m is not None and m * seq_len >= min(micro * seq_len, MIN_MICRO_TOKENS):
+        if m is not None and m * seq_len >= floor_tokens:
             reasons.append(f"no gradient checkpointing: fits in {budget:.0f} GB without recomputing")
             return m, 0, reasons
         k = next((k for k in range(1, layers + 1) if peak(micro, k) <= budget), None)

@@ -106,7 +106,15 @@ class LoRATrainer:
         method = "qlora" if cfg.use_quantization else "lora"
         device = device or current_device()
         return plan_speed(
-            cfg, self.lora_config, self.model_config, seq_len, device, shape, method, model_type
+            cfg,
+            self.lora_config,
+            self.model_config,
+            seq_len,
+            device,
+            shape,
+            method,
+            model_type,
+            fp32_unquantized=self.quantization.keeps_fp32(),
         )
 
     def prepare_model(
@@ -152,7 +160,7 @@ class LoRATrainer:
             model.set_attn_implementation("sdpa" if attn == "auto" else attn)
         if plan is not None and plan.liger:
             plan.liger = speedups.apply_liger(model, cross_entropy_only=plan.compile)
-        if use_quantization:
+        if use_quantization and self.quantization.keeps_fp32():
             model = prepare_model_for_kbit_training(
                 model,
                 use_gradient_checkpointing=checkpointed > 0,
