@@ -165,7 +165,42 @@ def test_property_31_every_snapshot_has_gpu_utilization_and_memory(devices, fail
         assert snap["note"].startswith("no GPU")
     summary = summarize_samples([snap, snap])
     for f in FIELDS:
-        assert set(summary[f]) == {"mean", "max"}
+        assert summary[f]["max"] == snap[f]  # None where the snapshot has no value
+        assert summary[f]["mean"] == (None if snap[f] is None else pytest.approx(snap[f]))
+
+
+@st.composite
+def samples(draw):
+    """Resource snapshots where any field may be missing (None) in any sample, GPU or not."""
+    gpu = draw(st.booleans())
+    out = []
+    for _ in range(draw(st.integers(0, 6))):
+        snap = {f: draw(st.one_of(st.none(), st.floats(0, 1e4))) for f in FIELDS}
+        if not gpu:
+            snap.update({f: None for f in FIELDS if f.startswith("gpu_")}, note="no GPU: test")
+        snap.update(gpu_available=gpu, gpu_name="H100" if gpu else None, gpu_count=2 if gpu else 0)
+        out.append(snap)
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(samples())
+def test_summarize_samples_gives_each_fields_own_mean_and_max_over_the_samples_that_have_it(snaps):
+    summary = summarize_samples(snaps)
+    assert summary["samples"] == len(snaps)
+    for f in FIELDS:
+        values = [s[f] for s in snaps if s[f] is not None]
+        if values:
+            assert summary[f]["mean"] == pytest.approx(sum(values) / len(values), rel=1e-9, abs=1e-9)
+            assert summary[f]["max"] == max(values)
+            assert min(values) - 1e-9 <= summary[f]["mean"] <= max(values) + 1e-9
+        else:
+            assert summary[f] == {"mean": None, "max": None}
+    gpu = any(s["gpu_available"] for s in snaps)
+    assert summary["gpu_available"] is gpu
+    assert (summary["gpu_name"], summary["gpu_count"]) == (("H100", 2) if gpu else (None, 0))
+    if not gpu:
+        assert summary["note"] == ("no GPU: test" if snaps else "no samples taken")
 
 
 @st.composite

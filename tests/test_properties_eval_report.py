@@ -15,43 +15,43 @@ NAMES = st.lists(st.from_regex(r"[a-z][a-z_]{2,14}", fullmatch=True), min_size=1
 SCORE = st.one_of(st.none(), st.floats(0, 1))
 
 
-def run_result(names, scores, model, perplexity):
+def run_result(names, rows, model, perplexity):
+    """rows: one {metric: score or None} per case; each metric has its own scores, so rows mixed up
+    between metrics show as wrong means."""
     cases = [
         {
             "id": f"c{i}",
             "prompt": "p",
             "reference": "r",
-            "prediction": None if s is None else "x",
-            "scores": {n: s for n in names},
+            "prediction": None if all(v is None for v in row.values()) else "x",
+            "scores": row,
             "errors": {},
         }
-        for i, s in enumerate(scores)
+        for i, row in enumerate(rows)
     ]
-    values = [s for s in scores if s is not None]
-    mean = sum(values) / len(values) if values else None
+    metrics = {}
+    for n in names:
+        values = [row[n] for row in rows if row[n] is not None]
+        mean = sum(values) / len(values) if values else None
+        metrics[n] = {"mean": mean, "scored": len(values), "failed": len(rows) - len(values)}
     return {
         "model": model,
         "cases": cases,
         "num_examples": len(cases),
         "perplexity": perplexity,
-        "metrics": {
-            n: {"mean": mean, "scored": len(values), "failed": len(scores) - len(values)} for n in names
-        },
+        "metrics": metrics,
     }
 
 
 # Feature: llm-fine-tuning-inference, Property 19: Evaluation report completeness
 @settings(max_examples=100, deadline=None)
-@given(
-    names=NAMES,
-    base_scores=st.lists(SCORE, min_size=1, max_size=6),
-    data=st.data(),
-    ppl=st.tuples(st.floats(1, 1e4), st.floats(1, 1e4)),
-)
-def test_property_19_report_contains_every_computed_metric(names, base_scores, data, ppl):
-    tuned_scores = data.draw(st.lists(SCORE, min_size=len(base_scores), max_size=len(base_scores)))
-    base = run_result(names, base_scores, "base", ppl[0])
-    tuned = run_result(names, tuned_scores, "tuned", ppl[1])
+@given(names=NAMES, data=st.data(), ppl=st.tuples(st.floats(1, 1e4), st.floats(1, 1e4)))
+def test_property_19_report_contains_every_computed_metric(names, data, ppl):
+    rows = st.fixed_dictionaries({n: SCORE for n in names})
+    base_rows = data.draw(st.lists(rows, min_size=1, max_size=6))
+    tuned_rows = data.draw(st.lists(rows, min_size=len(base_rows), max_size=len(base_rows)))
+    base = run_result(names, base_rows, "base", ppl[0])
+    tuned = run_result(names, tuned_rows, "tuned", ppl[1])
     delta = {
         n: None
         if base["metrics"][n]["mean"] is None or tuned["metrics"][n]["mean"] is None
@@ -79,8 +79,8 @@ def test_property_19_report_contains_every_computed_metric(names, base_scores, d
 
 
 def test_html_plots_every_scored_case_and_shows_notes(tmp_path):
-    base = run_result(["exact_match"], [0.0, 1.0, None], "base", 3.0)
-    tuned = run_result(["exact_match"], [1.0, 1.0, 0.0], "tuned", 2.0)
+    base = run_result(["exact_match"], [{"exact_match": v} for v in (0.0, 1.0, None)], "base", 3.0)
+    tuned = run_result(["exact_match"], [{"exact_match": v} for v in (1.0, 1.0, 0.0)], "tuned", 2.0)
     results = {
         "base": base,
         "finetuned": tuned,

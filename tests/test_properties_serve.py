@@ -6,6 +6,8 @@ arguments we build, 21 and 22 use a tiny real model through the transformers eng
 
 from __future__ import annotations
 
+import re
+
 import zlib
 
 import pytest
@@ -237,11 +239,31 @@ def test_streaming_uses_sse_format(prompt, max_tokens, stop, route):
         body["prompt"] = prompt
     with app_client() as client:
         r = client.post(route, json=body)
-    assert r.status_code == 200
-    payloads = sse_json(r.text)  # asserts "data: " + payload + blank line for every event
-    assert payloads
-    for p in payloads:
-        assert p == "[DONE]" or isinstance(p, dict)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_json(r.text)  # asserts "data: " + payload + blank line for every event
+    if route == "/generate":
+        assert events[-1]["type"] == "done" and all(e["type"] == "token" for e in events[:-1])
+        text, reason = "".join(e["text"] for e in events[:-1]), events[-1]["finish_reason"]
+    else:
+        assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
+        chunks = events[:-1]
+        assert len({c["id"] for c in chunks}) == 1  # one completion, one id
+        if route == "/v1/completions":
+            assert {c["object"] for c in chunks} == {"text_completion"}
+            text = "".join(c["choices"][0]["text"] for c in chunks)
+        else:
+            assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+            assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+            text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        reasons = [c["choices"][0]["finish_reason"] for c in chunks]
+        assert all(x is None for x in reasons[:-1])
+        reason = reasons[-1]
+    # the fake engine answers " {key}w0 {key}w1 ...": the stream is that text cut before the first stop
+    key = re.match(r" (\d+)w0", text).group(1)
+    full = "".join(f" {key}w{i}" for i in range(max_tokens))
+    hits = [full.index(s) for s in stop if s in full]
+    assert text == (full[: min(hits)] if hits else full)
+    assert reason == ("stop" if hits else "length")
 
 
 # Feature: llm-fine-tuning-inference, Property 27: Streaming sends completion signal
