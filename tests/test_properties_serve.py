@@ -7,7 +7,6 @@ arguments we build, 21 and 22 use a tiny real model through the transformers eng
 from __future__ import annotations
 
 import re
-
 import zlib
 
 import pytest
