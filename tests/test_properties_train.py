@@ -16,8 +16,8 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 
 from tuneforge.config import LoRAConfig, QuantizationConfig, Recipe, TrainingConfig, flatten, recipe_to_dict
+from tuneforge.tracking import ExperimentTracker
 from tuneforge.train.builders import build_lora_config
-from tuneforge.train.tracking import ExperimentTracker
 from tuneforge.train.trainer import LoRATrainer
 
 SETTINGS = settings(

@@ -371,7 +371,7 @@ def test_qlora_run_end_to_end(tiny_model_dir, small_data_file, tmp_path):
 
 
 def test_duration_and_memory_are_estimated_from_measured_steps(tiny_model_dir, train_data, tmp_path, caplog):
-    from tuneforge.train.tracking import ExperimentTracker
+    from tuneforge.tracking import ExperimentTracker
 
     caplog.set_level(logging.INFO)
     tracker = ExperimentTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -444,3 +444,23 @@ def test_qlora_keeps_embeddings_head_and_norms_in_bf16_unless_asked(
     assert base.get_input_embeddings().weight.dtype == expected
     assert base.model.norm.weight.dtype == expected
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_a_run_folder_records_its_run_and_later_stages_attach_to_it(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from tuneforge.tracking import ExperimentTracker, attach, recorded_run_id
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert attach(folder) is None and recorded_run_id(folder) is None
+    tracker = ExperimentTracker(uri)
+    run_id = tracker.start_run("exp", {"a": 1})
+    tracker.record(folder)
+    later = attach(folder)
+    assert later.run_id == run_id == recorded_run_id(folder) and later.tracking_uri == uri
+    later.log_metrics({"eval/x": 0.5}, step=0)
+    assert MlflowClient(uri).get_run(run_id).data.metrics == {"eval/x": 0.5}
+    with pytest.raises(MlflowException, match="no-such-run"):
+        ExperimentTracker.for_run("no-such-run", uri)

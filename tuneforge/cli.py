@@ -215,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if key in m:
             print(f"{key:<10} {m[key]:.4g}")
     if outcome.run_id:
-        from tuneforge.train.tracking import default_tracking_uri
+        from tuneforge.tracking import default_tracking_uri
 
         uri = default_tracking_uri(recipe.tracking.tracking_uri)
         print(f"mlflow     run {outcome.run_id}; browse: mlflow ui --backend-store-uri {uri}")
@@ -257,8 +257,8 @@ def _eval_output(recipe: Recipe, results: dict, title: str, adapter: str | None)
     )
     for name, *values in metric_rows(results):
         print(f"{name:<14} " + " ".join(f"{v:>10}" for v in (values if comparing else values[:1])))
-    run_file = (Path(adapter).parent if adapter else Path(recipe.training.output_dir)) / "mlflow_run.json"
-    run_id = log_to_mlflow(results, out, run_file)
+    run_folder = Path(adapter).parent if adapter else Path(recipe.training.output_dir)
+    run_id = log_to_mlflow(results, out, run_folder)
     print(f"report     {out / 'report.html'} (also report.md, results.json)")
     if run_id:
         print(f"mlflow     logged to run {run_id}")

@@ -111,10 +111,9 @@ def run_levels(target, prompts: list[str], args: argparse.Namespace) -> list[dic
 
 def log_to_mlflow(results: dict[str, Any], out: Path, run_id: str, tracking_uri: str | None) -> None:
     """Add every run's throughputs and latency percentiles, and the report, to an existing MLflow run."""
-    from tuneforge.train.tracking import ExperimentTracker
+    from tuneforge.tracking import ExperimentTracker
 
-    tracker = ExperimentTracker(tracking_uri)
-    tracker.run_id = run_id
+    tracker = ExperimentTracker.for_run(run_id, tracking_uri)
     metrics: dict[str, float] = {}
     for run in results["runs"]:
         load = run["load"]

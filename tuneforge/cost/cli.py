@@ -104,12 +104,9 @@ def benchmark_workload(path: str | Path, level: int | None = None) -> dict[str, 
 
 def training_from_mlflow(run_id: str, tracking_uri: str | None) -> tuple[float, str, str]:
     """(hours, source, device) from a tracked training run's final/train_runtime (seconds)."""
-    from mlflow.tracking import MlflowClient
+    from tuneforge.tracking import ExperimentTracker
 
-    from tuneforge.train.tracking import default_tracking_uri
-
-    client = MlflowClient(tracking_uri=default_tracking_uri(tracking_uri))
-    run = client.get_run(run_id)
+    run = ExperimentTracker.for_run(run_id, tracking_uri).client.get_run(run_id)
     seconds = run.data.metrics.get("final/train_runtime")
     if seconds is None:
         raise ConfigError(f"MLflow run {run_id} has no final/train_runtime metric (did it finish?)")
@@ -385,10 +382,9 @@ def _list_catalog(catalog) -> int:
 
 
 def _log_cost(run_id: str, tracking_uri: str | None, analysis: dict[str, Any], out: Path) -> None:
-    from tuneforge.train.tracking import ExperimentTracker
+    from tuneforge.tracking import ExperimentTracker
 
-    tracker = ExperimentTracker(tracking_uri)
-    tracker.run_id = run_id
+    tracker = ExperimentTracker.for_run(run_id, tracking_uri)
     metrics = {"cost/usd_per_hour": analysis["pricing"]["usd_per_hour"]}
     if analysis["training"]:
         metrics["cost/training_usd"] = analysis["training"]["cost_usd"]

@@ -6,7 +6,6 @@ log them to the training run in MLflow.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -206,15 +205,13 @@ def run_compare(
     }
 
 
-def log_to_mlflow(results: dict[str, Any], report_dir: Path, run_file: Path) -> str | None:
-    """Add the metrics and the report to the training run recorded in `run_file` (mlflow_run.json)."""
-    if not run_file.is_file():
-        return None
-    from tuneforge.train.tracking import ExperimentTracker
+def log_to_mlflow(results: dict[str, Any], report_dir: Path, run_folder: Path) -> str | None:
+    """Add the metrics and the report to the training run the run folder recorded (mlflow_run.json)."""
+    from tuneforge.tracking import attach
 
-    info = json.loads(run_file.read_text())
-    tracker = ExperimentTracker(info.get("tracking_uri"))
-    tracker.run_id = info["run_id"]
+    tracker = attach(run_folder)
+    if tracker is None:
+        return None
     metrics = {}
     runs = (
         {"base": results["base"], "finetuned": results["finetuned"]}

@@ -37,7 +37,6 @@ from tuneforge.train.builders import (
 from tuneforge.train.speed import SpeedPlan, plan_speed
 
 log = logging.getLogger(__name__)
-RUN_FILE = "mlflow_run.json"  # the MLflow run id of a run folder, so a resume continues the same run
 ADAPTER_META = "tuneforge_adapter.json"
 # Attention kernels with variable-length support: a packed row costs what its examples cost separately.
 # With sdpa/eager, a packed row needs a block mask and attention over the whole row, which is slower
@@ -439,10 +438,10 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
 
     tracker = None
     if recipe.tracking.enabled and main:
-        from tuneforge.train.tracking import ExperimentTracker
+        from tuneforge.tracking import ExperimentTracker, recorded_run_id
 
         tracker = ExperimentTracker(recipe.tracking.tracking_uri)
-        previous = _previous_run_id(run_dir) if checkpoint is not None else None
+        previous = recorded_run_id(run_dir) if checkpoint is not None else None
         data_stats = {k: v for k, v in prepared.stats.items() if k not in ("config", "invalid_ids")}
         params = {
             **flatten(recipe_to_dict(recipe)),
@@ -450,10 +449,8 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
             **flatten(data_stats, "dataset."),
             **trainer.plan.params(),
         }
-        run_id = tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
-        (run_dir / RUN_FILE).write_text(
-            json.dumps({"run_id": run_id, "tracking_uri": tracker.tracking_uri}) + "\n"
-        )
+        tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
+        tracker.record(run_dir)
         tracker.log_artifact(run_dir / "data" / "stats.json", "dataset")
         tracker.log_artifact(run_dir / "recipe.yaml")
         if checkpoint is not None:
@@ -495,10 +492,3 @@ def metrics_so_far(trainer: LoRATrainer) -> dict[str, float]:
     if last is not None:
         out["loss"] = float(last["loss"])
     return out
-
-
-def _previous_run_id(run_dir: Path) -> str | None:
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("run_id")

@@ -1,4 +1,4 @@
-"""ExperimentTracker: runs, parameters, metrics and artifacts in MLflow (design component 3).
+"""Tracking every stage shares: runs, parameters, metrics and artifacts in MLflow.
 
 The default store is a SQLite database in the working folder; look at it with
 
@@ -6,11 +6,13 @@ The default store is a SQLite database in the working folder; look at it with
 
 Any tracking URI works too (`tracking.tracking_uri` in the recipe, or $MLFLOW_TRACKING_URI), including an
 `mlflow server`. The tracker uses an explicit MlflowClient and run id, never the global active run, so a
-resumed training continues the same run.
+resumed training continues the same run. A run folder records its run in mlflow_run.json, so later
+stages (eval, bench, cost) add to the same run with `attach(run_folder)`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+RUN_FILE = "mlflow_run.json"  # the MLflow run of a run folder: a resume and later stages continue it
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
 BATCH = 100  # MLflow accepts at most 100 params (1000 metrics) per batch call
 
@@ -34,6 +37,19 @@ class ExperimentTracker:
         self.tracking_uri = default_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.run_id: str | None = None
+
+    @classmethod
+    def for_run(cls, run_id: str, tracking_uri: str | None = None) -> ExperimentTracker:
+        """A tracker that adds to an existing run."""
+        tracker = cls(tracking_uri)
+        tracker.client.get_run(run_id)  # fails now, naming the run, if it does not exist
+        tracker.run_id = run_id
+        return tracker
+
+    def record(self, run_folder: str | Path) -> None:
+        """Write the run's id and store to the run folder, for `attach` and for a resume."""
+        path = Path(run_folder) / RUN_FILE
+        path.write_text(json.dumps({"run_id": self._run(), "tracking_uri": self.tracking_uri}) + "\n")
 
     def start_run(
         self,
@@ -99,6 +115,21 @@ class ExperimentTracker:
         if self.run_id is None:
             raise RuntimeError("ExperimentTracker: start_run first")
         return self.run_id
+
+
+def recorded_run_id(run_folder: str | Path) -> str | None:
+    """The MLflow run a run folder recorded, if any."""
+    path = Path(run_folder) / RUN_FILE
+    return json.loads(path.read_text()).get("run_id") if path.is_file() else None
+
+
+def attach(run_folder: str | Path) -> ExperimentTracker | None:
+    """A tracker for the run a run folder recorded (mlflow_run.json), or None when it recorded none."""
+    path = Path(run_folder) / RUN_FILE
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return ExperimentTracker.for_run(info["run_id"], info.get("tracking_uri"))
 
 
 def _now_ms() -> int:
