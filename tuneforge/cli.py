@@ -48,10 +48,9 @@ def _recipe_for(target: str | None, overrides: list[str]) -> Recipe:
 
 
 def _tokenizer_for(recipe: Recipe):
-    from tuneforge.models.resolve import load_tokenizer
+    from tuneforge.models.loading import tokenizer_for
 
-    m = recipe.model
-    return load_tokenizer(m.name_or_path, m.cache_dir, m.revision, m.trust_remote_code)
+    return tokenizer_for(recipe.model)
 
 
 # --------------------------------------------------------------------------- data

@@ -33,6 +33,7 @@ def start_engine(
     name: str | None = None,
     cache_dir: str | None = None,
     enable_lora: bool = True,
+    revision: str | None = None,
 ):
     """A started engine for `reference` (blocking: loading takes seconds to minutes)."""
     kind = pick_engine(cfg.engine)
@@ -40,9 +41,11 @@ def start_engine(
     if kind == "vllm":
         from tuneforge.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine.start(reference, cfg, name=name, cache_dir=cache_dir, enable_lora=enable_lora)
+        return VLLMEngine.start(
+            reference, cfg, name=name, cache_dir=cache_dir, enable_lora=enable_lora, revision=revision
+        )
     from tuneforge.engines.transformers_engine import TransformersEngine
 
     if cfg.load_format != "auto":
         raise ConfigError(f"inference.load_format={cfg.load_format} needs the vLLM engine")
-    return TransformersEngine.start(reference, cfg, name=name, cache_dir=cache_dir)
+    return TransformersEngine.start(reference, cfg, name=name, cache_dir=cache_dir, revision=revision)

@@ -42,7 +42,13 @@ class TransformersEngine:
 
     @classmethod
     def start(
-        cls, reference: str, cfg: InferenceConfig, *, name: str | None = None, cache_dir: str | None = None
+        cls,
+        reference: str,
+        cfg: InferenceConfig,
+        *,
+        name: str | None = None,
+        cache_dir: str | None = None,
+        revision: str | None = None,
     ) -> TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -52,7 +58,8 @@ class TransformersEngine:
         ref = resolve_model(reference, cache_dir)
         gpu = torch.cuda.is_available()
         dtype = {"auto": "auto" if gpu else torch.float32}.get(cfg.dtype) or getattr(torch, cfg.dtype)
-        kwargs = {"dtype": dtype}
+        revision = revision if ref.kind == "hub" else None  # a local folder has no revisions
+        kwargs = {"dtype": dtype, "revision": revision}
         if cfg.quantization == "bitsandbytes":
             compute = torch.bfloat16 if gpu else torch.float32
             kwargs["quantization_config"] = (
@@ -65,7 +72,7 @@ class TransformersEngine:
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
         if gpu and cfg.quantization is None:
             model = model.to("cuda")
-        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)
         return cls(model, tokenizer, name=name or reference, max_model_len=cfg.max_model_len)
 
     # -- prompts -------------------------------------------------------------------------------------

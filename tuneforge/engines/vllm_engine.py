@@ -45,8 +45,11 @@ def serving_dtype(dtype: str, cpu: bool) -> str:
     return ("float32" if cpu else "auto") if dtype == "auto" else dtype
 
 
-def build_engine_args(model_path: str, cfg: InferenceConfig, *, enable_lora: bool, cpu: bool):
-    """The design's settings, applied exactly (property 20)."""
+def build_engine_args(
+    model_path: str, cfg: InferenceConfig, *, enable_lora: bool, cpu: bool, revision: str | None = None
+):
+    """The recipe's inference settings, applied exactly (tests/test_properties_serve.py checks each);
+    `revision` pins a hub model's weights and tokenizer."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     if cfg.quantization == "bitsandbytes" and cfg.quantization_bits != 4:
@@ -66,6 +69,8 @@ def build_engine_args(model_path: str, cfg: InferenceConfig, *, enable_lora: boo
         load_format=cfg.load_format,
         seed=0,
     )
+    if revision is not None:
+        kwargs.update(revision=revision, tokenizer_revision=revision)
     if enable_lora:
         kwargs.update(max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
     kv_gb = cfg.kv_cache_gb if cfg.kv_cache_gb is not None else (CPU_KV_CACHE_GB if cpu else None)
@@ -93,6 +98,7 @@ class VLLMEngine:
         name: str | None = None,
         enable_lora: bool = True,
         cache_dir: str | None = None,
+        revision: str | None = None,
     ) -> VLLMEngine:
         from transformers import AutoTokenizer
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -100,10 +106,11 @@ class VLLMEngine:
         from tuneforge.models.resolve import resolve_model
 
         ref = resolve_model(reference, cache_dir)
-        args = build_engine_args(ref.path, cfg, enable_lora=enable_lora, cpu=on_cpu())
+        revision = revision if ref.kind == "hub" else None  # a local folder has no revisions
+        args = build_engine_args(ref.path, cfg, enable_lora=enable_lora, cpu=on_cpu(), revision=revision)
         log.info("starting vLLM on %s (%s)", reference, ref.path)
         llm = AsyncLLM.from_engine_args(args)
-        tokenizer = AutoTokenizer.from_pretrained(ref.path)
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)
         return cls(llm, tokenizer, name or reference, enable_lora)
 
     # -- prompts -------------------------------------------------------------------------------------

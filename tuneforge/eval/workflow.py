@@ -20,21 +20,16 @@ log = logging.getLogger(__name__)
 
 
 def load_model(recipe: Recipe, reference: str | None = None, adapter: str | Path | None = None):
-    """(model, tokenizer, name): a base model, or base + adapter merged for fast generation."""
-    from tuneforge.models.resolve import load_tokenizer, resolve_model
-    from tuneforge.train.builders import load_base_model
+    """(model, tokenizer, name): a base model, or base + adapter (merged for fast generation unless it was
+    trained with QLoRA: then on the 4-bit base it was trained on)."""
+    from tuneforge.models.loading import load_base_model, load_with_adapter, tokenizer_for
 
     ref = reference or recipe.model.name_or_path
-    m = recipe.model
-    tokenizer = load_tokenizer(ref, m.cache_dir, m.revision, m.trust_remote_code)
-    model = load_base_model(resolve_model(ref, m.cache_dir).path, replace(m, name_or_path=ref), None, ref)
-    name = ref
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        name = f"{ref} + {adapter}"
-    return model.eval(), tokenizer, name
+    tokenizer = tokenizer_for(recipe.model, ref)
+    if adapter is None:
+        return load_base_model(recipe.model, ref).eval(), tokenizer, ref
+    model = load_with_adapter(recipe.model, adapter, ref, recipe.quantization, merge=True)
+    return model.eval(), tokenizer, f"{ref} + {adapter}"
 
 
 def test_perplexity(model, tokenizer, recipe: Recipe, data_file: str, limit: int | None) -> dict[str, Any]:
@@ -102,7 +97,11 @@ def generate_with_vllm(recipe: Recipe, specs: list[ModelSpec], cases: list[TestC
         mine = [i for i, s in enumerate(specs) if s.reference == reference]
         lora = any(specs[i].adapter for i in mine)
         engine = VLLMEngine.start(
-            reference, recipe.inference, enable_lora=lora, cache_dir=recipe.model.cache_dir
+            reference,
+            recipe.inference,
+            enable_lora=lora,
+            cache_dir=recipe.model.cache_dir,
+            revision=recipe.model.revision,
         )
         try:
             for i in mine:
@@ -164,10 +163,9 @@ def run_eval(recipe: Recipe, adapter: str | None = None, data_file: str | None =
 
 
 def _tokenizer(recipe: Recipe, reference: str):
-    from tuneforge.models.resolve import load_tokenizer
+    from tuneforge.models.loading import tokenizer_for
 
-    m = recipe.model
-    return load_tokenizer(reference, m.cache_dir, m.revision, m.trust_remote_code)
+    return tokenizer_for(recipe.model, reference)
 
 
 def same_tokenizer(a, b) -> bool:

@@ -36,7 +36,12 @@ def default_engine_factory(settings: ServeSettings):
     # LoRA support costs vLLM memory and time: on only when adapters can be served
     lora = bool(settings.adapters or settings.adapter_dir)
     return start_engine(
-        settings.model, settings.inference, name=settings.name, cache_dir=settings.cache_dir, enable_lora=lora
+        settings.model,
+        settings.inference,
+        name=settings.name,
+        cache_dir=settings.cache_dir,
+        enable_lora=lora,
+        revision=settings.revision,
     )
 
 

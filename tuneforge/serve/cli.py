@@ -95,6 +95,7 @@ def settings_from_args(args: argparse.Namespace):
         request_timeout_s=args.request_timeout_s,
         inference=inference,
         cache_dir=args.cache_dir or recipe.model.cache_dir,
+        revision=recipe.model.revision if args.recipe and not model else None,
     )
 
 

@@ -41,6 +41,8 @@ class ServeSettings(BaseSettings):
     """Engine settings (see `tuneforge config keys`, section inference)."""
     cache_dir: str | None = None
     """Where the embedded default is converted (default ~/.cache/tuneforge)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model; the recipe's model.revision with --recipe."""
 
     @field_validator("adapters")
     @classmethod

@@ -1,6 +1,6 @@
-"""Config -> library objects: PEFT's LoraConfig, bitsandbytes' 4-bit config, precision, the base model.
+"""Config -> training objects: PEFT's LoraConfig and the precision for the device.
 
-Components take what these builders return, never the recipe tree.
+Model and tokenizer loading (and QLoRA's 4-bit config) live in tuneforge.models.loading.
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tuneforge.config import LoRAConfig, ModelConfig, QuantizationConfig, TrainingConfig
-from tuneforge.errors import ModelLoadError
+from tuneforge.config import LoRAConfig, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +25,6 @@ def build_lora_config(cfg: LoRAConfig):
         lora_dropout=cfg.lora_dropout,
         bias=cfg.bias,
         task_type=cfg.task_type,
-    )
-
-
-def build_quantization_config(cfg: QuantizationConfig):
-    """transformers.BitsAndBytesConfig for QLoRA: 4-bit storage, the recipe's type and compute dtype."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=cfg.quant_type,
-        bnb_4bit_use_double_quant=cfg.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
-        bnb_4bit_quant_storage=getattr(torch, cfg.quant_storage),
     )
 
 
@@ -74,29 +59,3 @@ def choose_precision(cfg: TrainingConfig, device: str | None = None) -> Precisio
             return Precision(device, bf16=True, fp16=False)
         return Precision(device, bf16=False, fp16=True)
     return Precision(device, bf16=False, fp16=False)
-
-
-def load_base_model(path: str, model_cfg: ModelConfig, quantization=None, reference: str | None = None):
-    """Load a causal LM from a resolved path; a failure names the reference and the reason."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = "auto" if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
-    attn = "sdpa" if model_cfg.attn_implementation == "auto" else model_cfg.attn_implementation
-    if attn == "varlen":
-        from tuneforge.train.attention import register
-
-        register()
-    kwargs = {
-        "dtype": dtype,
-        "attn_implementation": attn,
-        "trust_remote_code": model_cfg.trust_remote_code,
-    }
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-        kwargs["dtype"] = quantization.bnb_4bit_compute_dtype
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load model '{reference or path}' from {path}: {reason}") from e

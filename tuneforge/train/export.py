@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from tuneforge.errors import ModelLoadError
-from tuneforge.train.trainer import ADAPTER_META
+from tuneforge.models.loading import ADAPTER_META
 
 log = logging.getLogger(__name__)
 

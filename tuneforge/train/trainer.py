@@ -28,16 +28,17 @@ from tuneforge.config import (
     recipe_to_dict,
 )
 from tuneforge.errors import TuneforgeError
-from tuneforge.train.builders import (
-    build_lora_config,
-    build_quantization_config,
-    choose_precision,
+from tuneforge.models.loading import (
+    ADAPTER_META,
     load_base_model,
+    load_with_adapter,
+    quantization_config,
+    tokenizer_for,
 )
+from tuneforge.train.builders import build_lora_config, choose_precision
 from tuneforge.train.speed import SpeedPlan, plan_speed
 
 log = logging.getLogger(__name__)
-ADAPTER_META = "tuneforge_adapter.json"
 # Attention kernels with variable-length support: a packed row costs what its examples cost separately.
 # With sdpa/eager, a packed row needs a block mask and attention over the whole row, which is slower
 # than padding examples of similar length (measured in benchmarks/RESULTS.md).
@@ -80,11 +81,8 @@ class LoRATrainer:
     # ------------------------------------------------------------------ model
 
     def load_tokenizer(self):
-        from tuneforge.models.resolve import load_tokenizer
-
         if self.tokenizer is None:
-            m = self.model_config
-            self.tokenizer = load_tokenizer(self.reference, m.cache_dir, m.revision, m.trust_remote_code)
+            self.tokenizer = tokenizer_for(self.model_config, self.reference)
         return self.tokenizer
 
     def make_plan(self, cfg: TrainingConfig, seq_len: int, device=None) -> SpeedPlan:
@@ -132,7 +130,6 @@ class LoRATrainer:
         what comes after it), so the same recipe starts from the same adapter."""
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        from tuneforge.models.resolve import resolve_model
         from tuneforge.train import speedups
 
         self.load_tokenizer()
@@ -145,15 +142,14 @@ class LoRATrainer:
         model_cfg = self.model_config
         if plan is not None and plan.attention != model_cfg.attn_implementation:
             model_cfg = replace(model_cfg, attn_implementation=plan.attention)
-        if model_cfg.attn_implementation == "varlen":
-            from tuneforge.train.attention import register
-
-            register()
         if base_model is None:
-            ref = resolve_model(self.reference, self.model_config.cache_dir)
-            quant = build_quantization_config(self.quantization) if use_quantization else None
-            model = load_base_model(ref.path, model_cfg, quant, self.reference)
+            quant = quantization_config(self.quantization) if use_quantization else None
+            model = load_base_model(model_cfg, self.reference, quant)
         else:
+            if model_cfg.attn_implementation == "varlen":
+                from tuneforge.models.attention import register
+
+                register()
             model = base_model
             attn = model_cfg.attn_implementation
             model.set_attn_implementation("sdpa" if attn == "auto" else attn)
@@ -323,7 +319,7 @@ class LoRATrainer:
         self.load_tokenizer().save_pretrained(out)
         meta = {"base_model": self.reference, "lora": vars(self.lora_config).copy(), "quantization": None}
         if self.use_quantization:
-            quant = build_quantization_config(self.quantization).to_dict()
+            quant = quantization_config(self.quantization).to_dict()
             (out / "quantization_config.json").write_text(json.dumps(quant, indent=2, default=str) + "\n")
             meta["quantization"] = quant
         (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -331,16 +327,7 @@ class LoRATrainer:
 
     def load_adapter(self, adapter_path: str | Path):
         """The base model with a saved adapter applied (quantized again if it was trained with QLoRA)."""
-        from peft import PeftModel
-
-        from tuneforge.models.resolve import resolve_model
-
-        meta_path = Path(adapter_path) / ADAPTER_META
-        quantized = meta_path.is_file() and json.loads(meta_path.read_text()).get("quantization") is not None
-        ref = resolve_model(self.reference, self.model_config.cache_dir)
-        quant = build_quantization_config(self.quantization) if quantized else None
-        base = load_base_model(ref.path, self.model_config, quant, self.reference)
-        self.model = PeftModel.from_pretrained(base, str(adapter_path))
+        self.model = load_with_adapter(self.model_config, adapter_path, self.reference, self.quantization)
         return self.model
 
 
