@@ -7,10 +7,11 @@ from conftest import write_rows
 from transformers import AutoModelForCausalLM
 
 from tuneforge.config import SamplingParams
+from tuneforge.data.cases import load_test_cases
 from tuneforge.engines.base import cut_at_stop
 from tuneforge.engines.transformers_engine import TransformersEngine
 from tuneforge.errors import DatasetError
-from tuneforge.eval.evaluator import ModelEvaluator, load_test_cases
+from tuneforge.eval.evaluator import ModelEvaluator
 from tuneforge.models.tiny import build_tiny_model
 
 

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuneforge.config import SamplingParams
-from tuneforge.eval.evaluator import ModelEvaluator, TestCase
+from tuneforge.data.cases import TestCase
+from tuneforge.eval.evaluator import ModelEvaluator
 
 SETTINGS = settings(max_examples=100, deadline=None)
 TEXT = st.text(max_size=20)

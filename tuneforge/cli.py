@@ -176,10 +176,10 @@ def _preflight(recipe: Recipe) -> None:
     """The pre-flight estimate (`tuneforge estimate`) in three lines; a failure never stops training."""
     try:
         from tuneforge.cost.catalog import load_catalog
-        from tuneforge.cost.cli import dataset_tokens_for
         from tuneforge.cost.estimate import estimate_recipe
+        from tuneforge.data.size import training_split_tokens
 
-        tokens, source = dataset_tokens_for(recipe, None)
+        tokens, source = training_split_tokens(recipe)
         est = estimate_recipe(recipe, load_catalog(), tokens, source)
     except Exception as e:  # an estimate is advice, not a requirement
         log.warning("no pre-flight estimate: %s", e)

@@ -51,8 +51,8 @@ def dataset_prompts(path: str, limit: int | None = None, data_format: str = "aut
     everything before the last assistant turn, the prompt of prompt/completion data, or plain text."""
     from tuneforge.config import DataConfig
     from tuneforge.data import DatasetPreprocessor
+    from tuneforge.data.cases import case_from_example
     from tuneforge.errors import DatasetError
-    from tuneforge.eval.evaluator import case_from_example
 
     pre = DatasetPreprocessor(config=DataConfig(train_file=path, format=data_format, on_invalid="skip"))
     loaded = pre.load_dataset()

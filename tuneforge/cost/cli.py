@@ -400,37 +400,18 @@ def _log_cost(run_id: str, tracking_uri: str | None, analysis: dict[str, Any], o
 # --------------------------------------------------------------------------- estimate
 
 
-def dataset_tokens_for(recipe, tokens: int | None) -> tuple[int | None, str]:
-    """The training split's token count: --tokens, else the run folder's data/stats.json (from `tuneforge
-    data prepare`), else characters / 4 of the training file (a rough estimate)."""
-    if tokens is not None:
-        return tokens, "given with --tokens"
-    stats_file = Path(recipe.training.output_dir) / "data" / "stats.json"
-    if stats_file.is_file():
-        stats = json.loads(stats_file.read_text())
-        share = stats["train_examples"] / max(stats["train_examples"] + stats["validation_examples"], 1)
-        return int(stats["tokens"] * share), f"{stats_file}, training split"
-    from tuneforge.data.readers import read_records
-
-    try:
-        chars = sum(len(json.dumps(r.data, ensure_ascii=False)) for r in read_records(recipe.data.train_file))
-    except Exception:  # a hub dataset, or no file yet
-        return None, ""
-    share = 1 - recipe.data.validation_fraction
-    return int(chars / 4 * share), f"estimated as characters / 4 of {recipe.data.train_file}"
-
-
 def cmd_estimate(args: argparse.Namespace) -> int:
     from tuneforge.config import load_recipe
     from tuneforge.cost.estimate import estimate_recipe
     from tuneforge.cost.report import usd
+    from tuneforge.data.size import training_split_tokens
 
     recipe = load_recipe(args.recipe, args.overrides)
     model_config, config_source = None, ""
     if args.model_config:
         model_config = json.loads(Path(args.model_config).read_text())
         config_source = args.model_config
-    tokens, tokens_source = dataset_tokens_for(recipe, args.tokens)
+    tokens, tokens_source = training_split_tokens(recipe, args.tokens)
     catalog = _catalog(args)
     if args.instance:
         keep = {catalog.get(n.strip()).name for n in args.instance.split(",")}

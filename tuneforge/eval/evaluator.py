@@ -1,10 +1,8 @@
-"""ModelEvaluator (design component 4): task accuracy on generated outputs, and base versus fine-tuned
-on exactly the same inputs.
+"""ModelEvaluator: task accuracy on generated outputs, and base versus fine-tuned on exactly the same
+inputs (test cases from tuneforge.data.cases).
 
-Test cases come from a dataset file through the data stage: the prompt is the conversation up to its
-last assistant turn (rendered with the chat template, or the plain template), the reference is that
-turn. Every case is evaluated and appears in the results; a case that fails to generate or to score is
-recorded with its reason and the rest continue.
+Every case is evaluated and appears in the results; a case that fails to generate or to score is recorded
+with its reason and the rest continue.
 """
 
 from __future__ import annotations
@@ -12,66 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.config import DataConfig, SamplingParams
-from tuneforge.data.formats import Example
-from tuneforge.data.templates import plain_generation_prompt
-from tuneforge.errors import DatasetError
+from tuneforge.config import SamplingParams
+from tuneforge.data.cases import TestCase
 from tuneforge.eval.metrics import Metric, resolve_metric, score_case
 
 log = logging.getLogger(__name__)
-
-
-class PlainTextData(DatasetError):
-    """Plain text has no reference answers: only perplexity applies to it."""
-
-
-@dataclass
-class TestCase:
-    id: str
-    prompt: str
-    reference: str
-    messages: list[dict[str, str]] = field(default_factory=list)
-
-
-def case_from_example(example: Example, tokenizer=None, chat_template: str = "auto") -> TestCase:
-    """The prompt (everything before the last assistant turn) and its reference (that turn)."""
-    if example.messages is not None:
-        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-        context, reference = example.messages[:last], example.messages[last]["content"]
-        use_template = (
-            tokenizer is not None and getattr(tokenizer, "chat_template", None) and chat_template != "plain"
-        )
-        prompt = (
-            tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
-            if use_template
-            else plain_generation_prompt(context)
-        )
-        return TestCase(example.id, prompt, reference, context)
-    if example.prompt is not None:
-        return TestCase(example.id, example.prompt, example.completion or "")
-    raise PlainTextData(
-        f"example {example.id}: plain text has no reference to score generation against; "
-        "task metrics need alpaca, chat, sharegpt or prompt_completion data"
-    )
-
-
-def load_test_cases(path: str | None, tokenizer=None, data: DataConfig | None = None) -> list[TestCase]:
-    """Test cases from a data file; missing or empty test data fails fast, saying what was expected."""
-    from tuneforge.data import DatasetPreprocessor
-
-    if not path:
-        raise DatasetError(
-            "no test data: set data.test_file (a .jsonl/.json/.csv/.parquet file of "
-            "alpaca, chat, sharegpt or prompt_completion examples) or pass --data"
-        )
-    config = DataConfig(**{**vars(data or DataConfig()), "train_file": path})
-    pre = DatasetPreprocessor(tokenizer, config)
-    loaded = pre.load_dataset(path)
-    pre.check(loaded)
-    return [case_from_example(e, tokenizer, config.chat_template) for e in loaded.examples]
 
 
 class ModelEvaluator:

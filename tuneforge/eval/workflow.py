@@ -14,7 +14,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tuneforge.config import Recipe
-from tuneforge.eval.evaluator import ModelEvaluator, PlainTextData, TestCase, deltas, load_test_cases
+from tuneforge.data.cases import PlainTextData, TestCase, load_test_cases
+from tuneforge.eval.evaluator import ModelEvaluator, deltas
 
 log = logging.getLogger(__name__)
 
