@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuneforge.config import LoRAConfig, ModelConfig, TrainingConfig
-from tuneforge.cost.estimate import KNOWN_SHAPES, ModelShape, estimate_memory
+from tuneforge.models.memory import estimate_memory
+from tuneforge.models.shape import KNOWN_SHAPES, ModelShape
 from tuneforge.train.speed import HEADROOM, Device, plan_speed
 
 MISTRAL = ModelShape.from_config(KNOWN_SHAPES["mistralai/Mistral-7B-Instruct-v0.3"])

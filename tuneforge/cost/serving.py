@@ -306,7 +306,7 @@ def params_from_model_name(name: str | None) -> float | None:
     in its name (SmolLM2-135M -> 0.135, Llama-3-8B -> 8); None when neither says."""
     if not name:
         return None
-    from tuneforge.cost.estimate import KNOWN_SHAPES, ModelShape
+    from tuneforge.models.shape import KNOWN_SHAPES, ModelShape
 
     key = _model_key(name)
     for known, config in KNOWN_SHAPES.items():

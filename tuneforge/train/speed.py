@@ -4,7 +4,7 @@
     tuneforge train configs/mistral-7b-lora.yaml training.auto_tune=false  # the recipe exactly as written
 
 On a CUDA GPU, `plan_speed` starts from the recipe and picks, from the pre-flight memory estimate
-(tuneforge.cost.estimate) and the GPU's free memory:
+(tuneforge.models.memory) and the GPU's free memory:
 - gradient checkpointing only when the run does not fit without it, and then on as few decoder layers as
   fit (selective checkpointing: each layer not recomputed saves about a third of its compute);
 - the largest micro-batch that fits at the same effective batch (micro-batch x accumulation);
@@ -122,7 +122,7 @@ def plan_speed(
     model_type: str | None = None,
     fp32_unquantized: bool = True,
 ) -> SpeedPlan:
-    """Choose the settings (see the module docstring). `shape` is a tuneforge.cost.estimate.ModelShape;
+    """Choose the settings (see the module docstring). `shape` is a tuneforge.models.shape.ModelShape;
     without one the batch split and checkpointing stay as the recipe has them. `fp32_unquantized`: QLoRA
     upcasts embeddings, output head and norms (QuantizationConfig.keeps_fp32)."""
     if training.liger_kernel:
@@ -194,7 +194,7 @@ def plan_speed(
         reasons.append("model shape unknown: micro-batch and checkpointing as in the recipe")
         return SpeedPlan(micro, accum, 1 if pinned else 0, None, liger, compile_, attention, reasons=reasons)
 
-    from tuneforge.cost.estimate import estimate_memory
+    from tuneforge.models.memory import estimate_memory
 
     available = device.free_gb
     if training.gpu_memory_gb is not None and training.gpu_memory_gb < available:

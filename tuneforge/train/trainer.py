@@ -88,8 +88,8 @@ class LoRATrainer:
     def make_plan(self, cfg: TrainingConfig, seq_len: int, device=None) -> SpeedPlan:
         """The speed plan for this model on this machine (tuneforge.train.speed), from the model's
         config.json alone: nothing is loaded."""
-        from tuneforge.cost.estimate import ModelShape, load_model_config
         from tuneforge.models.resolve import resolve_model
+        from tuneforge.models.shape import ModelShape, load_model_config
         from tuneforge.train.speedups import current_device
 
         shape, model_type = None, None
