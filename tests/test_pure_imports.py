@@ -9,7 +9,7 @@ import pytest
 
 PURE = [
     "tuneforge.config",
-    "tuneforge.train.speed",
+    "tuneforge.models.speed_plan",
     "tuneforge.errors",
     "tuneforge.data.formats",
     "tuneforge.data.readers",

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tuneforge.config import LoRAConfig, ModelConfig, TrainingConfig
 from tuneforge.models.memory import estimate_memory
 from tuneforge.models.shape import KNOWN_SHAPES, ModelShape
-from tuneforge.train.speed import HEADROOM, Device, plan_speed
+from tuneforge.models.speed_plan import HEADROOM, Device, plan_speed
 
 MISTRAL = ModelShape.from_config(KNOWN_SHAPES["mistralai/Mistral-7B-Instruct-v0.3"])
 LORA = LoRAConfig(r=16, lora_dropout=0.0, target_modules=["all-linear"])

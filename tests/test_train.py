@@ -208,7 +208,7 @@ def test_out_of_memory_says_what_to_lower(tiny_model_dir, small_data_file, tmp_p
 
 
 def test_oom_advice_names_what_the_speed_plan_chose():
-    from tuneforge.train.speed import SpeedPlan
+    from tuneforge.models.speed_plan import SpeedPlan
 
     plan = SpeedPlan(8, 2, 0, 32, True, True, "varlen", estimated_peak_gb=70.0, budget_gb=72.0)
     msg = oom_advice(TrainingConfig(per_device_train_batch_size=4, gradient_accumulation_steps=4), plan)
@@ -276,7 +276,7 @@ def test_varlen_attention_keeps_packed_examples_apart_in_logits_and_gradients(ti
 def test_a_speed_plan_sets_the_batch_split_and_checkpoints_only_the_layers_it_names(
     tiny_model_dir, train_data, tmp_path
 ):
-    from tuneforge.train.speed import SpeedPlan
+    from tuneforge.models.speed_plan import SpeedPlan
     from tuneforge.train.speedups import decoder_layers
 
     trainer = LoRATrainer(str(tiny_model_dir), LoRAConfig(r=2))
@@ -396,7 +396,7 @@ def test_duration_and_memory_are_estimated_from_measured_steps(tiny_model_dir, t
 
 
 def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir, train_data):
-    from tuneforge.train.speed import SpeedPlan
+    from tuneforge.models.speed_plan import SpeedPlan
     from tuneforge.train.speedups import decoder_layers
 
     results = []

@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneforge.bench.stats import METRIC_NAMES, METRICS, PERCENTILES
 from tuneforge.report_files import write_report
+from tuneforge.results import load_label
 
 COLOURS = ("#2f6fde", "#e07b39", "#3f9c5a", "#b03a8c", "#8a6d3b", "#5b5f97", "#c44e52", "#55a868")
 
@@ -33,13 +34,6 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def load_label(load: dict[str, Any]) -> str:
-    if load.get("mode") == "rate":
-        cap = load.get("max_concurrency")
-        return f"rate {fmt(load['rate'])}/s" + (f" (max {cap} in flight)" if cap else "")
-    return f"concurrency {load.get('concurrency')}"
 
 
 def _res(resources: dict[str, Any] | None, name: str, stat: str) -> Any:

@@ -56,49 +56,43 @@ def throughput_from_benchmark(path: str | Path, level: int | None = None):
     from tuneforge.cost.analyzer import Throughput
 
     results, run = _bench_run(path, level)
-    from tuneforge.bench.report import load_label
-
-    s = run["summary"]
     return Throughput(
-        s["request_throughput_rps"],
-        s["output_throughput_tok_s"] or None,
+        run.summary.request_throughput_rps,
+        run.summary.output_throughput_tok_s or None,
         "measured",
-        f"{path}, {load_label(run['load'])}",
-        results.get("server_device") or "unknown",
+        f"{path}, {run.load.label()}",
+        results.server_device or "unknown",
     )
 
 
-def _bench_run(path: str | Path, level: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _bench_run(path: str | Path, level: int | None):
     """(results, the run of `level`, or the one with the highest request throughput)."""
-    try:
-        results = json.loads(Path(path).read_text())
-        runs = results["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a tuneforge bench results.json ({type(e).__name__}: {e})") from None
-    usable = [(i, r) for i, r in enumerate(runs) if r["summary"]["requests"]["completed"] > 0]
+    from tuneforge.results import read_bench_results
+
+    results = read_bench_results(path)
+    runs = results.runs
+    usable = [r for r in runs if r.summary.requests.completed > 0]
     if level is not None:
         if not 0 <= level < len(runs):
             raise ConfigError(f"--level {level}: {path} has levels 0..{len(runs) - 1}")
-        usable = [(level, runs[level])]
-        if runs[level]["summary"]["requests"]["completed"] == 0:
+        usable = [runs[level]]
+        if runs[level].summary.requests.completed == 0:
             raise ConfigError(f"{path}: level {level} completed no request; nothing to price")
     if not usable:
         raise ConfigError(f"{path}: no level completed any request; nothing to price")
-    _, run = max(usable, key=lambda p: p[1]["summary"]["request_throughput_rps"])
-    return results, run
+    return results, max(usable, key=lambda r: r.summary.request_throughput_rps)
 
 
 def benchmark_workload(path: str | Path, level: int | None = None) -> dict[str, Any]:
     """What the priced benchmark level served: the model name, its concurrency and the mean output tokens
     per completed request (what GPU estimates are shaped to)."""
     results, run = _bench_run(path, level)
-    s = run["summary"]
-    completed = s["requests"]["completed"]
-    per_request = s.get("output_tokens", 0) / completed if completed else None
+    completed = run.summary.requests.completed
+    per_request = run.summary.output_tokens / completed if completed else None
     return {
-        "model": (results.get("target") or {}).get("model"),
-        "concurrency": run["load"].get("concurrency") or run["load"].get("max_concurrency"),
-        "output_len": per_request or (results.get("workload") or {}).get("max_tokens"),
+        "model": results.target.get("model"),
+        "concurrency": run.load.in_flight,
+        "output_len": per_request or results.workload.get("max_tokens"),
     }
 
 

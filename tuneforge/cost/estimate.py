@@ -63,7 +63,7 @@ def estimate_training(
     """For each GPU instance of the catalog: whether the run fits, hours and cost (None without a
     throughput reference for its GPU). `throughput_tok_s` (per GPU, measured) replaces the references.
     `plan_for(gpu_memory_gb)` returns the speed plan tuneforge would pick on that GPU
-    (tuneforge.train.speed); the row then fits by the plan's peak and says what it chose."""
+    (tuneforge.models.speed_plan); the row then fits by the plan's peak and says what it chose."""
     params_b = shape.parameter_count() / 1e9
     rows = []
     for inst in catalog.instances.values():
@@ -154,7 +154,7 @@ def estimate_recipe(
     )
     plan_for = None
     if t.auto_tune:
-        from tuneforge.train.speed import Device, plan_speed
+        from tuneforge.models.speed_plan import Device, plan_speed
 
         model_type = (model_config.get("text_config") or model_config).get("model_type")
 

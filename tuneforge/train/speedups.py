@@ -1,5 +1,5 @@
-"""Apply a speed plan (tuneforge.train.speed) to a model: Liger kernels, selective gradient checkpointing,
-per-layer torch.compile; and read the device the plan is made for."""
+"""Apply a speed plan (tuneforge.models.speed_plan) to a model: Liger kernels, selective gradient
+checkpointing, per-layer torch.compile; and read the device the plan is made for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib.util
 import logging
 import os
 
-from tuneforge.train.speed import Device
+from tuneforge.models.speed_plan import Device
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from tuneforge.models.loading import (
     quantization_config,
     tokenizer_for,
 )
+from tuneforge.models.speed_plan import SpeedPlan, plan_speed
 from tuneforge.train.builders import build_lora_config, choose_precision
-from tuneforge.train.speed import SpeedPlan, plan_speed
 
 log = logging.getLogger(__name__)
 # Attention kernels with variable-length support: a packed row costs what its examples cost separately.
@@ -86,7 +86,7 @@ class LoRATrainer:
         return self.tokenizer
 
     def make_plan(self, cfg: TrainingConfig, seq_len: int, device=None) -> SpeedPlan:
-        """The speed plan for this model on this machine (tuneforge.train.speed), from the model's
+        """The speed plan for this model on this machine (tuneforge.models.speed_plan), from the model's
         config.json alone: nothing is loaded."""
         from tuneforge.models.resolve import resolve_model
         from tuneforge.models.shape import ModelShape, load_model_config
