@@ -88,6 +88,29 @@ def test_config_show_applies_overrides():
     assert out.returncode == 0 and "r: 4" in out.stdout
 
 
+def test_overrides_may_stand_anywhere_on_the_line():
+    from tuneforge.cli import build_parser
+    from tuneforge.command import parse
+
+    parser = build_parser()
+    args = parse(parser, ["eval", "configs/demo-cpu.yaml", "--adapter", "runs/a", "eval.limit=2", "lora.r=4"])
+    assert (args.target, args.adapter, args.overrides) == (
+        "configs/demo-cpu.yaml",
+        "runs/a",
+        ["eval.limit=2", "lora.r=4"],
+    )
+    args = parse(parser, ["compare", "eval.limit=3", "--other", "m", "training.seed=1"])  # no recipe at all
+    assert (args.target, args.other, args.overrides) == (None, "m", ["eval.limit=3", "training.seed=1"])
+    args = parse(parser, ["train", "--no-resume", "lora.r=8", "configs/demo-cpu.yaml"])
+    assert (
+        args.target == "configs/demo-cpu.yaml" and args.overrides == ["lora.r=8"] and args.resume == "never"
+    )
+    out = run("config", "show", "configs/demo-cpu.yaml", "lora.r=3", "--bogus")
+    assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr
+    out = run("models", "list", "lora.r=3")
+    assert out.returncode == 2 and "takes no KEY=VALUE" in out.stderr
+
+
 def test_config_keys_lists_keys_with_docs():
     out = run("config", "keys", "lora")
     assert out.returncode == 0 and "lora.r " in out.stdout and "LoRA rank" in out.stdout

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, TuneforgeError
+
+log = logging.getLogger(__name__)
 
 CPU_DEVICE_PREFIX = "cpu"
 
@@ -392,6 +395,29 @@ def _log_cost(run_id: str, tracking_uri: str | None, analysis: dict[str, Any], o
 
 
 # --------------------------------------------------------------------------- estimate
+
+
+def preflight(recipe) -> None:
+    """The pre-flight estimate (`tuneforge estimate`) in three lines; a failure never stops training."""
+    from tuneforge.cost.catalog import load_catalog
+    from tuneforge.cost.estimate import estimate_recipe
+    from tuneforge.data.size import training_split_tokens
+
+    try:
+        tokens, source = training_split_tokens(recipe)
+        est = estimate_recipe(recipe, load_catalog(), tokens, source)
+    except TuneforgeError as e:  # an unknown model shape or unreadable data: advice, not a requirement
+        log.warning("no pre-flight estimate: %s", e)
+        return
+    m = est["memory"]
+    fits = [r for r in est["instances"] if r["fits"] and r["cost_usd"] is not None]
+    print(f"estimate   peak GPU memory {m['peak_gb']:.1f} GB ({m['parameters'] / 1e9:.2f}B parameters)")
+    if fits:
+        r = fits[0]
+        print(
+            f"           cheapest fit: {r['instance']} ({r['gpu']}), {r['hours']:.3g} h, "
+            f"${r['cost_usd']:.4g} ({r['basis']}); all: tuneforge estimate RECIPE"
+        )
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
