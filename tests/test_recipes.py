@@ -36,3 +36,43 @@ def test_demo_recipe_uses_the_embedded_model_and_demo_data():
     assert recipe.model.name_or_path == "smollm2-135m-instruct"
     assert (REPO / recipe.data.train_file).is_file()
     assert (REPO / recipe.data.test_file).is_file()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_compares_base_and_fine_tuned_greedily(path):
+    from tuneforge.eval.evaluator import ModelEvaluator
+
+    recipe = load_recipe(path)
+    sampling = ModelEvaluator(recipe.eval.metrics, recipe.sampling).sampling
+    assert (sampling.temperature, sampling.top_p) == (0.0, 1.0)
+    assert sampling.max_tokens == recipe.sampling.max_tokens
+
+
+def test_a_recipe_that_sets_sampling_is_followed_and_old_keys_say_where_they_went(tmp_path):
+    from tuneforge.errors import ConfigError
+    from tuneforge.eval.evaluator import ModelEvaluator
+
+    recipe = load_recipe(None, ["sampling.temperature=0.8", "sampling.top_p=0.5"])
+    sampling = ModelEvaluator(["exact_match"], recipe.sampling).sampling
+    assert (sampling.temperature, sampling.top_p) == (0.8, 0.5)
+    for key in ("temperature", "top_p", "max_tokens"):
+        with pytest.raises(ConfigError, match=f"'inference.{key}' moved to 'sampling.{key}'"):
+            load_recipe(None, [f"inference.{key}=1"])
+    old = tmp_path / "old.yaml"
+    old.write_text("inference:\n  temperature: 0.2\n")
+    with pytest.raises(
+        ConfigError, match=r"old\.yaml.*'inference\.temperature' moved to 'sampling\.temperature'"
+    ):
+        load_recipe(old)
+
+
+def test_serve_takes_its_request_defaults_from_the_recipes_sampling(tmp_path):
+    from tuneforge.cli import build_parser
+    from tuneforge.command import parse
+    from tuneforge.serve.cli import settings_from_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sampling:\n  temperature: 0.3\n  max_tokens: 99\n")
+    args = parse(build_parser(), ["serve", "--recipe", str(recipe), "sampling.top_p=0.9"])
+    s = settings_from_args(args).sampling
+    assert (s.temperature, s.top_p, s.max_tokens) == (0.3, 0.9, 99)

@@ -100,7 +100,7 @@ def test_timeout_is_504_with_the_partial_text():
 
 
 def test_sampling_defaults_come_from_the_request_then_the_recipe_then_the_model_then_openai(tmp_path):
-    from tuneforge.config import InferenceConfig
+    from tuneforge.config import SamplingParams
 
     model = tmp_path / "model"
     model.mkdir()
@@ -116,7 +116,7 @@ def test_sampling_defaults_come_from_the_request_then_the_recipe_then_the_model_
     with app_client(model=str(model), served_name="m") as client:
         assert sent(client) == (0.6, 0.95)  # the model's generation_config, as vLLM applies it
         assert sent(client, temperature=0.0, top_p=0.5) == (0.0, 0.5)
-    with app_client(model=str(model), served_name="m", inference=InferenceConfig(temperature=0.2)) as client:
+    with app_client(model=str(model), served_name="m", sampling=SamplingParams(temperature=0.2)) as client:
         assert sent(client) == (0.2, 0.95)  # the recipe's server default beats the model's
     with app_client(served_name="m") as client:  # no generation_config: OpenAI's and vLLM's defaults
         assert sent(client) == (1.0, 1.0)

@@ -52,7 +52,7 @@ def server(request, tmp_path_factory, tiny_model_dir):
     port = free_port()
     cmd = [
         sys.executable, "-m", "tuneforge.cli", "serve", model,
-        "inference.max_model_len=512", "inference.max_tokens=16",
+        "inference.max_model_len=512", "sampling.max_tokens=16",
         "--engine", engine, "--port", str(port),
         "--served-name", "base", "--adapter", f"first={root / 'first'}", "--adapter-dir", str(root),
         "--api-key", KEY,

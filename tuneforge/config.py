@@ -16,7 +16,7 @@ import functools
 import inspect
 import itertools
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -326,12 +326,6 @@ class InferenceConfig:
     """Serving quantization: None, bitsandbytes, awq or gptq."""
     dtype: str = "auto"
     """Serving dtype: auto, float32, bfloat16 or float16."""
-    max_tokens: int = 512
-    """Default completion length."""
-    temperature: float | None = None
-    """Server default when a request sets none; null: the model's generation_config, else 1.0 (as vLLM)."""
-    top_p: float | None = None
-    """Server default top_p when a request sets none; null: the model's generation_config, else 1.0."""
     engine: str = "auto"
     """Generation engine: auto (vLLM when installed, else transformers), vllm or transformers."""
     kv_cache_gb: float | None = None
@@ -370,31 +364,39 @@ class InferenceConfig:
         if self.quantization is not None:
             _check_choice("quantization", self.quantization, ("bitsandbytes", "awq", "gptq"))
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        _check("max_tokens", self.max_tokens >= 1, ">= 1", self.max_tokens)
-        t, p = self.temperature, self.top_p
-        _check("temperature", t is None or 0.0 <= t <= 2.0, "in [0, 2] or null", t)
-        _check("top_p", p is None or 0.0 < p <= 1.0, "in (0, 1] or null", p)
 
 
 @dataclass
 class SamplingParams:
-    temperature: float = 0.7
-    """Sampling temperature in [0, 2]; 0 is greedy."""
-    top_p: float = 0.9
-    """Nucleus sampling threshold in (0, 1]."""
+    """Generation settings: the one home of their defaults, for eval, compare, serve and bench."""
+
+    temperature: float | None = None
+    """In [0, 2], 0 greedy; null: greedy in eval/compare, the model's generation_config (else 1) in serve."""
+    top_p: float | None = None
+    """In (0, 1]; null: 1 in eval/compare, the model's generation_config (else 1) in serve."""
     max_tokens: int = 512
-    """Most tokens to generate, >= 1."""
+    """Most tokens to generate, >= 1 (serve: when a request sets none)."""
     stop: list[str] = field(default_factory=list)
     """Strings that end generation (not included in the output)."""
     ignore_eos: bool = False
     """Keep generating past the end-of-sequence token (benchmarks with fixed output lengths)."""
 
     def __post_init__(self):
-        _check("temperature", 0.0 <= self.temperature <= 2.0, "in [0, 2]", self.temperature)
-        _check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]", self.top_p)
+        t, p = self.temperature, self.top_p
+        _check("temperature", t is None or 0.0 <= t <= 2.0, "in [0, 2] or null", t)
+        _check("top_p", p is None or 0.0 < p <= 1.0, "in (0, 1] or null", p)
         _check("max_tokens", self.max_tokens >= 1, ">= 1", self.max_tokens)
         _check(
             "stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings", self.stop
+        )
+
+    def for_comparison(self) -> SamplingParams:
+        """What eval and compare generate with: greedy unless the recipe sets a temperature or top_p, so base
+        and fine-tuned answers differ by the adapter, not by chance."""
+        return replace(
+            self,
+            temperature=0.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
         )
 
 
@@ -544,6 +546,10 @@ def _normalise_layer(layer: dict) -> dict:
     return layer
 
 
+# keys that moved, so an old recipe gets told where
+MOVED = {f"inference.{k}": f"sampling.{k}" for k in ("temperature", "top_p", "max_tokens")}
+
+
 def _merge(base, layer: dict, source: str):
     """Merge one layer into the typed config, turning OmegaConf errors into ConfigError."""
     layer = _normalise_layer(layer)
@@ -552,6 +558,8 @@ def _merge(base, layer: dict, source: str):
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
         first = str(e).splitlines()[0]
+        if str(key) in MOVED:
+            raise ConfigError(f"{source}: '{key}' moved to '{MOVED[str(key)]}'") from None
         if "not in" in first or "ConfigKeyError" in type(e).__name__ or "Key '" in first:
             near = closest_key(str(key))
             hint = f"; did you mean '{near}'?" if near else "; run `tuneforge config keys` for the list"

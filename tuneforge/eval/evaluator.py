@@ -23,7 +23,7 @@ class ModelEvaluator:
     def __init__(self, metrics: Sequence[str] = ("exact_match",), sampling: SamplingParams | None = None):
         self.metric_names = list(metrics)
         self.metrics: dict[str, Metric] = {name: resolve_metric(name) for name in self.metric_names}
-        self.sampling = sampling or SamplingParams(temperature=0.0, max_tokens=128)
+        self.sampling = (sampling or SamplingParams(max_tokens=128)).for_comparison()
 
     def evaluate_task(self, engine, test_cases: Sequence[TestCase], progress=None) -> dict[str, Any]:
         """Generate for every case (batched) and score every output with every metric."""

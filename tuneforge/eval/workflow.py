@@ -159,7 +159,7 @@ def _cases(recipe: Recipe, tokenizer, data_file: str | None) -> tuple[str, list[
 def run_eval(recipe: Recipe, adapter: str | None = None, data_file: str | None = None) -> dict[str, Any]:
     path, cases = _cases(recipe, _tokenizer(recipe, recipe.model.name_or_path), data_file)
     [result] = evaluate_models(recipe, [ModelSpec(recipe.model.name_or_path, adapter)], cases, path)
-    result["sampling"] = vars(recipe.sampling)
+    result["sampling"] = vars(recipe.sampling.for_comparison())
     return result
 
 
@@ -197,7 +197,7 @@ def run_compare(
         "base": base,
         "finetuned": tuned,
         "delta": deltas(base, tuned),
-        "sampling": vars(recipe.sampling),
+        "sampling": vars(recipe.sampling.for_comparison()),
         "case_ids": [c.id for c in cases],
         "data": path,
         "notes": notes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tuneforge.config import EMBEDDED_MODEL, load_recipe
+from tuneforge.config import EMBEDDED_MODEL, MOVED, load_recipe
 from tuneforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,11 @@ def settings_from_args(args: argparse.Namespace):
     model, overrides = args.model, list(args.overrides)
     if model and "=" in model and not Path(model).exists():  # only overrides were given
         model, overrides = None, [model, *overrides]
-    bad = [o for o in overrides if not o.startswith("inference.")]
+    bad = [o for o in overrides if not o.startswith(("inference.", "sampling.", *MOVED))]
     if bad:
-        raise ConfigError(f"{bad[0]}: serve takes inference.* overrides only (e.g. inference.dtype=float32)")
+        raise ConfigError(
+            f"{bad[0]}: serve takes inference.* and sampling.* overrides only (e.g. inference.dtype=float32)"
+        )
     recipe = load_recipe(args.recipe, overrides)
     inference = recipe.inference
     if args.engine:
@@ -94,6 +96,7 @@ def settings_from_args(args: argparse.Namespace):
         max_pending=args.max_pending,
         request_timeout_s=args.request_timeout_s,
         inference=inference,
+        sampling=recipe.sampling,
         cache_dir=args.cache_dir or recipe.model.cache_dir,
         revision=recipe.model.revision if args.recipe and not model else None,
     )

@@ -1,6 +1,6 @@
 """Request and response schemas: tuneforge's own routes and the OpenAI-compatible ones. Imports no torch.
 
-Sampling fields left out of a request take the server's defaults (`inference.max_tokens`, ...).
+Sampling fields left out of a request take the server's defaults (`sampling.max_tokens`, ...).
 """
 
 from __future__ import annotations

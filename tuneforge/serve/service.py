@@ -71,7 +71,7 @@ class GenerationService:
 
     # -- request fields ------------------------------------------------------------------------------
     def sampling(self, req: SamplingFields, max_tokens: int | None = None) -> SamplingParams:
-        d = self.settings.inference
+        d = self.settings.sampling
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
 
         def default(name: str) -> float:

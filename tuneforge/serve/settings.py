@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tuneforge.config import InferenceConfig
+from tuneforge.config import InferenceConfig, SamplingParams
 from tuneforge.errors import ConfigError
 
 
@@ -39,6 +39,8 @@ class ServeSettings(BaseSettings):
     """A generation still running after this long ends with 504 and its partial text."""
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     """Engine settings (see `tuneforge config keys`, section inference)."""
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    """Defaults for what a request leaves out (temperature, top_p, max_tokens; section sampling)."""
     cache_dir: str | None = None
     """Where the embedded default is converted (default ~/.cache/tuneforge)."""
     revision: str | None = None
