@@ -35,9 +35,9 @@ class Completion:
 
 
 class EngineError(Exception):
-    """An error the server turns into an HTTP status; `param` names the request field at fault."""
+    """An engine's error; `kind` says what went wrong, `param` names the request field at fault (the server
+    maps each kind to an HTTP status in tuneforge.serve.errors)."""
 
-    status = 500
     kind = "engine_error"
 
     def __init__(self, message: str, param: str | None = None):
@@ -46,7 +46,7 @@ class EngineError(Exception):
 
 
 class InvalidRequest(EngineError):
-    status, kind = 400, "invalid_request_error"
+    kind = "invalid_request_error"
 
 
 class PromptTooLong(InvalidRequest):
@@ -54,15 +54,15 @@ class PromptTooLong(InvalidRequest):
 
 
 class AdapterNotFound(EngineError):
-    status, kind = 404, "adapter_not_found"
+    kind = "adapter_not_found"
 
 
 class EngineOutOfMemory(EngineError):
-    status, kind = 503, "out_of_memory"
+    kind = "out_of_memory"
 
 
 class EngineDead(EngineError):
-    status, kind = 503, "engine_dead"
+    kind = "engine_dead"
 
 
 class Engine(Protocol):

@@ -206,7 +206,7 @@ class VLLMEngine:
         request = LoRARequest(name, old.lora_int_id if old else next(self._ids), str(path))
         try:
             await self.llm.add_lora(request)
-        except Exception as e:
+        except (ValueError, OSError, KeyError) as e:  # a bad or missing adapter; engine failures propagate
             raise InvalidRequest(f"cannot load adapter '{name}' from {path}: {e}", param="path") from e
         self._adapters[name] = request
 

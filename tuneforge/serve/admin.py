@@ -10,16 +10,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 
-from tuneforge.engines.base import EngineError, InvalidRequest
+from tuneforge.engines.base import InvalidRequest
+from tuneforge.serve.errors import Forbidden
 from tuneforge.serve.protocol import AdapterLoad, VLLMAdapterLoad, VLLMAdapterUnload
 from tuneforge.serve.routes import ERRORS, service
 from tuneforge.serve.settings import check_adapter_name
 
 router = APIRouter(prefix="/v1")
-
-
-class Forbidden(EngineError):
-    status, kind = 403, "forbidden"
 
 
 def resolve_inside(adapter_dir: str | None, path: str) -> Path:

@@ -20,11 +20,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneforge.engines.base import EngineError
+from tuneforge.engines.base import EngineError, InvalidRequest
 from tuneforge.models.resolve import generation_defaults
 from tuneforge.serve import admin, openai_routes, routes
+from tuneforge.serve.errors import HttpError, ServerError, Unauthorized, error_response, http_status
 from tuneforge.serve.metrics import ServerMetrics
-from tuneforge.serve.service import ClientDisconnected, GenerationService, error_body
+from tuneforge.serve.service import ClientDisconnected, GenerationService
 from tuneforge.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,17 @@ def build_app(settings: ServeSettings, engine_factory: Callable | None = None) -
         if svc.engine is not None:
             await svc.engine.shutdown()
 
+    auth = [Depends(api_key_check(settings))] if settings.api_key else []
     app = FastAPI(
         title="tuneforge",
         summary="Generation with SSE streaming, batches, OpenAI-compatible routes and LoRA adapters",
         lifespan=lifespan,
+        # with an API key, the schema and its pages need it too (added below, behind the key)
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if auth else {}),
     )
     app.state.service = svc
-    auth = [Depends(api_key_check(settings))] if settings.api_key else []
+    if auth:
+        add_protected_docs(app, auth)
     app.include_router(routes.open_router)
     for router in (routes.router, openai_routes.router, admin.router):
         app.include_router(router, dependencies=auth)
@@ -103,44 +108,51 @@ def api_key_check(settings: ServeSettings):
     return check
 
 
-class Unauthorized(EngineError):
-    status, kind = 401, "authentication_error"
+def add_protected_docs(app: FastAPI, auth: list) -> None:
+    """/openapi.json, /docs and /redoc behind the API key, as every route but the probes."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    async def schema():
+        return app.openapi()
 
-def error_response(e: EngineError) -> JSONResponse:
-    headers = {"Retry-After": str(e.retry_after)} if hasattr(e, "retry_after") else {}
-    if e.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    content = {"error": error_body(e)}
-    if hasattr(e, "partial_text"):
-        content["partial_text"] = e.partial_text
-    return JSONResponse(content, status_code=e.status, headers=headers)
+    @app.get("/docs", include_in_schema=False, dependencies=auth)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="tuneforge")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=auth)
+    async def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title="tuneforge")
 
 
 def add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, e: EngineError):
-        metrics.errors.labels(str(e.status), e.kind).inc()
+        metrics.errors.labels(str(http_status(e)), e.kind).inc()
         return error_response(e)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         problems, param = [], None
         for err in e.errors():
+            if err.get("type") == "json_invalid":  # loc is ("body", character offset)
+                where = err.get("loc", ("body", "?"))[-1]
+                reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+                error = InvalidRequest(
+                    f"the request body is not valid JSON: {reason} at character {where}", param="body"
+                )
+                metrics.errors.labels("400", error.kind).inc()
+                return error_response(error)
             loc = [str(p) for p in err.get("loc", ()) if p != "body"]
             param = param or ".".join(loc) or None
             problems.append(f"{'.'.join(loc) or 'body'}: {err.get('msg')}")
-        error = EngineError("; ".join(problems) or "invalid request", param=param)
-        error.status, error.kind = 400, "invalid_request_error"
+        error = InvalidRequest("; ".join(problems) or "invalid request", param=param)
         metrics.errors.labels("400", error.kind).inc()
         return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
-        error = EngineError(str(e.detail))
-        kinds = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        error.status, error.kind = e.status_code, kinds.get(e.status_code, "http_error")
-        return error_response(error)
+        return error_response(HttpError(e.status_code, str(e.detail)))
 
     @app.exception_handler(ClientDisconnected)
     async def gone(request: Request, e: ClientDisconnected):
@@ -154,8 +166,7 @@ def add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
         ref = uuid.uuid4().hex[:12]
         log.exception("internal error (ref %s) on %s %s", ref, request.method, request.url.path)
         metrics.errors.labels("500", "internal_error").inc()
-        error = EngineError(f"internal error; the server log has the details under ref {ref}")
-        return error_response(error)
+        return error_response(ServerError(f"internal error; the server log has the details under ref {ref}"))
 
 
 class BodyLimit:
@@ -183,9 +194,7 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
     async def _too_large(self, send):
-        error = EngineError(f"request body over {self.limit} bytes (max_body_bytes)")
-        error.status, error.kind = 413, "request_too_large"
-        response = error_response(error)
+        response = error_response(HttpError(413, f"request body over {self.limit} bytes (max_body_bytes)"))
         await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
 

@@ -11,16 +11,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tuneforge.engines.base import InvalidRequest
+from tuneforge.serve.errors import error_body
 from tuneforge.serve.protocol import ChatCompletionRequest, CompletionRequest, Usage, new_id, now
 from tuneforge.serve.routes import ERRORS, SSE_HEADERS, service
-from tuneforge.serve.service import error_body, with_cancellation
+from tuneforge.serve.service import with_cancellation
 
 router = APIRouter(prefix="/v1")
 
 
 @router.get("/models")
 async def models(request: Request):
+    """503 with Retry-After while the model loads: clients that wait for this route (`vllm bench serve`
+    does) then start only when requests can succeed."""
     svc = service(request)
+    svc.require_engine()
     base = svc.settings.name
     data = [
         {"id": base, "object": "model", "created": now(), "owned_by": "tuneforge", "root": svc.settings.model}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tuneforge.serve.errors import error_body
 from tuneforge.serve.protocol import (
     BatchGenerateRequest,
     BatchGenerateResponse,
@@ -16,7 +17,7 @@ from tuneforge.serve.protocol import (
     GenerateResponse,
     ResultDetail,
 )
-from tuneforge.serve.service import GenerationService, error_body, with_cancellation
+from tuneforge.serve.service import GenerationService, with_cancellation
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 503, 504)}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

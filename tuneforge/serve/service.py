@@ -13,29 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from tuneforge.config import SamplingParams
 from tuneforge.engines.base import AdapterNotFound, Chunk, Completion, EngineError, InvalidRequest
 from tuneforge.errors import ConfigError
+from tuneforge.serve.errors import GenerationTimeout, NotReady, Overloaded, http_status
 from tuneforge.serve.metrics import ServerMetrics
 from tuneforge.serve.protocol import SamplingFields
 from tuneforge.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-
-
-class Overloaded(EngineError):
-    status, kind = 429, "overloaded"
-    retry_after = 1
-
-
-class NotReady(EngineError):
-    status, kind = 503, "model_not_loaded"
-    retry_after = 5
-
-
-class GenerationTimeout(EngineError):
-    status, kind = 504, "timeout"
-
-    def __init__(self, message: str, partial_text: str):
-        super().__init__(message)
-        self.partial_text = partial_text
 
 
 class GenerationService:
@@ -217,7 +200,7 @@ class GenerationService:
                 for event in _as_list(on_chunk(chunk)):
                     yield event_line(event)
         except EngineError as e:
-            self.metrics.errors.labels(str(e.status), e.kind).inc()
+            self.metrics.errors.labels(str(http_status(e)), e.kind).inc()
             yield event_line(on_error(e))
             return
         except Exception:
@@ -237,11 +220,6 @@ def _as_list(event):
 
 def event_line(event: dict) -> str:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-
-
-def error_body(e: EngineError) -> dict:
-    body = {"message": str(e), "type": e.kind, "param": e.param, "code": e.status}
-    return body
 
 
 async def with_cancellation(request, coro):
