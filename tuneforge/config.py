@@ -520,16 +520,6 @@ def _parse_overrides(overrides: list[str]) -> dict:
         raise ConfigError(f"command-line overrides: {str(e).splitlines()[0]}") from None
 
 
-def _dotted(d: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.add(key)
-        if isinstance(v, dict):
-            out |= _dotted(v, key + ".")
-    return out
-
-
 def _normalise_layer(layer: dict) -> dict:
     """Accept a single string where a list of strings is expected (target_modules: all-linear), and
     YAML 1.1's reading of `no` as false where a string is expected (eval_strategy: no)."""
@@ -584,7 +574,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
     def source_of(key: str) -> str:
         for data, source in reversed(layers):
-            if key in _dotted(data):
+            leaves = flatten(data)
+            if key in leaves or any(k.startswith(key + ".") for k in leaves):
                 return source
         return "default"
 

@@ -17,10 +17,11 @@ marker, on timeout and on connection errors; `RequestRecord.error_kind` says whi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,16 +356,19 @@ class LoadSpec:
         return {"mode": "concurrency", "concurrency": self.concurrency}
 
 
-def poisson_arrivals(rate: float, n: int, seed: int = 0) -> list[float]:
-    """Send times (seconds from the start) of `n` requests arriving as a Poisson process: the first at 0,
-    then exponential gaps with mean 1/rate."""
+def arrival_times(rate: float, seed: int = 0) -> Iterator[float]:
+    """Send times (seconds from the start) of requests arriving as a Poisson process, without end: the
+    first at 0, then exponential gaps with mean 1/rate."""
     rng = random.Random(seed)
-    times, t = [], 0.0
-    for i in range(n):
-        if i:
-            t += rng.expovariate(rate)
-        times.append(t)
-    return times
+    t = 0.0
+    while True:
+        yield t
+        t += rng.expovariate(rate)
+
+
+def poisson_arrivals(rate: float, n: int, seed: int = 0) -> list[float]:
+    """The first `n` of `arrival_times`."""
+    return list(itertools.islice(arrival_times(rate, seed), n))
 
 
 async def run_load_async(
@@ -402,8 +406,8 @@ async def run_load_async(
             await asyncio.gather(*(worker() for _ in range(spec.concurrency or 1)))
         else:
             gate = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
-            rng = random.Random(spec.seed)
-            tasks, i, send_at = [], 0, 0.0
+            arrivals = arrival_times(spec.rate, spec.seed)
+            tasks, i = [], 0
 
             async def gated(i: int) -> None:
                 if gate is None:
@@ -412,8 +416,7 @@ async def run_load_async(
                     await one(i)
 
             while spec.num_requests is None or i < spec.num_requests:
-                if i:
-                    send_at += rng.expovariate(spec.rate)
+                send_at = next(arrivals)
                 if deadline is not None and t0 + send_at >= deadline:
                     break
                 await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))

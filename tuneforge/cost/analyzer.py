@@ -1,4 +1,4 @@
-"""Training and serving costs on catalog instances (design component 6). Imports no torch.
+"""Training and serving costs on catalog instances. Imports no torch.
 
     from tuneforge.cost.analyzer import CostAnalyzer
     a = CostAnalyzer()                                   # the shipped catalog

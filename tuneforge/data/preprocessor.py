@@ -78,7 +78,7 @@ def raise_problems(source: str, problems: list[str], headline: str) -> None:
 
 
 class DatasetPreprocessor:
-    """The dataset stage of the pipeline (design component 1)."""
+    """The dataset stage: load, check, format, tokenize, split and save instruction data."""
 
     def __init__(self, tokenizer=None, config: DataConfig | None = None):
         self.tokenizer = tokenizer

@@ -4,7 +4,8 @@
 
 One worker thread runs the model, so the server's event loop never waits on it and requests take
 turns. A batch request is one left-padded `generate` call: one forward pass per step for all of its
-prompts (property 22). Adapters are PEFT adapters chosen per request by name (`adapter_names`).
+prompts (tests/test_properties_serve.py checks it). Adapters are PEFT adapters chosen per request by
+name (`adapter_names`).
 """
 
 from __future__ import annotations

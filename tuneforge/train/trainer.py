@@ -1,4 +1,4 @@
-"""LoRATrainer (design component 2) and the `tuneforge train` workflow.
+"""LoRATrainer and the `tuneforge train` workflow.
 
     tuneforge train configs/demo-cpu.yaml training.max_steps=20
 
