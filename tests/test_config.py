@@ -164,3 +164,15 @@ def test_yaml_no_is_read_as_the_string_no(tmp_path):
     # YAML 1.1 reads a bare `no` as false; strategy fields take the string.
     recipe = load_recipe(write(tmp_path, "training:\n  eval_strategy: no\n"), ["training.save_strategy=no"])
     assert (recipe.training.eval_strategy, recipe.training.save_strategy) == ("no", "no")
+
+
+def test_sampling_left_unset_is_greedy_for_comparisons_and_1_for_engines():
+    from tuneforge.config import SamplingParams
+
+    unset = SamplingParams(max_tokens=7)
+    assert (unset.temperature, unset.top_p) == (None, None)
+    greedy, engine = unset.for_comparison(), unset.concrete()
+    assert (greedy.temperature, greedy.top_p, greedy.max_tokens) == (0.0, 1.0, 7)
+    assert (engine.temperature, engine.top_p, engine.max_tokens) == (1.0, 1.0, 7)
+    chosen = SamplingParams(temperature=0.3, top_p=0.8)
+    assert chosen.for_comparison() == chosen == chosen.concrete()

@@ -53,5 +53,11 @@ def test_vllm_and_transformers_agree_in_float32(tmp_path):
         base, tuned = engine.run_sync(mixed())
     finally:
         engine.close()
+
+    # a random adapter can emit byte tokens that never complete a UTF-8 character: transformers renders
+    # each as U+FFFD, vLLM holds them back; the tokens are the same, so compare what both can show
+    def shown(texts):
+        return [t.replace("\ufffd", "") for t in texts]
+
     assert [c.text for c in base] == expected[None]
-    assert [c.text for c in tuned] == expected["a"]
+    assert shown(c.text for c in tuned) == shown(expected["a"])

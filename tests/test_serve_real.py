@@ -25,9 +25,11 @@ CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>
 
 
 def random_adapter(model_path: str, out: Path) -> Path:
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(0)  # the same adapter every run
     lora = LoraConfig(r=8, lora_alpha=256, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), lora).save_pretrained(out)
     return out

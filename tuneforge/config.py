@@ -390,6 +390,14 @@ class SamplingParams:
             "stop", all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings", self.stop
         )
 
+    def concrete(self) -> SamplingParams:
+        """What an engine generates with: an unset temperature or top_p is 1 (as vLLM and OpenAI do)."""
+        return replace(
+            self,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+        )
+
     def for_comparison(self) -> SamplingParams:
         """What eval and compare generate with: greedy unless the recipe sets a temperature or top_p, so base
         and fine-tuned answers differ by the adapter, not by chance."""

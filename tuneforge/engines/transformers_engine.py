@@ -114,6 +114,7 @@ class TransformersEngine:
             "stopping_criteria": StoppingCriteriaList([Cancelled()]),
             "streamer": streamer,
         }
+        sampling = sampling.concrete()
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:

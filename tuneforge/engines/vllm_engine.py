@@ -128,6 +128,7 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
         from vllm.sampling_params import SamplingParams as VParams
 
+        sampling = sampling.concrete()
         return VParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
