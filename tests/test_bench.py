@@ -24,7 +24,7 @@ from tuneforge.bench.client import (
     run_benchmark,
     synthetic_prompts,
 )
-from tuneforge.bench.stats import RequestRecord, percentile, summarize
+from tuneforge.bench.stats import RequestRecord, distribution, percentile, summarize
 from tuneforge.config import SamplingParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +40,38 @@ def test_percentile_interpolates_linearly_like_numpy():
     assert percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
     assert percentile([1.0, 2.0, 3.0, 4.0], 99) == pytest.approx(3.97)
     assert percentile([7.0], 99) == 7.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="percentile of no values"):
         percentile([], 50)
+
+
+def test_percentile_reaches_both_ends_and_refuses_q_outside_0_100():
+    values = [3.0, 1.0, 4.0, 1.5, 9.0]
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 9.0
+    for q in (-0.5, 100.5, 101):
+        with pytest.raises(ValueError, match=r"percentile q must be in \[0, 100\], got "):
+            percentile(values, q)
+
+
+def test_distribution_of_unscaled_values_and_of_none():
+    assert distribution([2.0, 4.0, 9.0]) == {
+        "count": 3,
+        "mean": 5.0,
+        "p50": 4.0,
+        "p95": 8.5,
+        "p99": 8.9,
+        "max": 9.0,
+    }
+    assert distribution([2.0, 4.0], scale=1000.0)["mean"] == 3000.0
+    assert distribution([]) == {"count": 0, "mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+
+
+def test_a_failure_without_a_kind_is_counted_as_unknown():
+    records = [
+        RequestRecord(ok=False),
+        RequestRecord(ok=False, error_kind="timeout"),
+        RequestRecord(ok=False),
+    ]
+    assert summarize(records, 1.0)["requests"]["errors"] == {"timeout": 1, "unknown": 2}
 
 
 def test_summary_on_known_records():

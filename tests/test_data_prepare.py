@@ -13,7 +13,7 @@ from conftest import alpaca, write_rows
 from tuneforge.config import DataConfig
 from tuneforge.data import DatasetPreprocessor
 from tuneforge.data.formats import Example
-from tuneforge.data.split import assign_validation
+from tuneforge.data.split import assign_validation, split_score
 from tuneforge.data.templates import IGNORE_INDEX, TemplateError, render_chat, render_example
 from tuneforge.errors import DatasetError
 
@@ -223,6 +223,24 @@ def test_duplicates_never_straddle_the_split():
 def test_tiny_datasets_still_get_one_validation_example():
     assert sum(assign_validation([["a"], ["b"]], 0.1, seed=0)) == 1
     assert sum(assign_validation([["a"], ["b"]], 0.0, seed=0)) == 0
+
+
+def test_a_fraction_of_one_still_leaves_the_highest_scoring_example_for_training():
+    contents = [["a"], ["b"], ["c"], ["d"]]
+    chosen = assign_validation(contents, 1.0, seed=0)
+    scores = [split_score(c, 0) for c in contents]
+    assert chosen == [s != max(scores) for s in scores]  # exactly one False, the highest score
+    assert all(isinstance(c, bool) for c in chosen)
+
+
+def test_the_split_does_not_depend_on_key_order_and_is_pinned_for_non_ascii_text():
+    """A record read with its fields in another order (a CSV's columns, say) lands on the same side, and
+    the split of non-ASCII text is as stable across versions as that of ASCII text."""
+    assert split_score({"q": "x", "a": "y"}, 7) == split_score({"a": "y", "q": "x"}, 7)
+    reordered = [{"a": "ß", "q": f"café {i}"} for i in range(24)]
+    chosen = assign_validation([{"q": f"café {i}", "a": "ß"} for i in range(24)], 0.25, 7)
+    assert chosen == assign_validation(reordered, 0.25, 7)
+    assert "".join("v" if v else "t" for v in chosen) == "tttttttttttttvtttvtttttt"
 
 
 def test_stats_and_saved_splits(tokenizer, tmp_path):

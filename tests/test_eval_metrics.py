@@ -97,3 +97,44 @@ def test_a_failing_metric_is_recorded_and_the_others_still_run():
         missing["scores"] == {"exact_match": None}
         and missing["errors"]["exact_match"] == "no output was generated"
     )
+
+
+def test_token_f1_is_symmetric_when_precision_and_recall_differ():
+    # precision 1, recall 1/2 one way; precision 1/2, recall 1 the other: F1 = 2/3 both ways
+    assert token_f1("cat sat", "cat sat on mat") == pytest.approx(2 / 3)
+    assert token_f1("cat sat on mat", "cat sat") == pytest.approx(2 / 3)
+    assert token_f1("a cat", "dog cat cat") == pytest.approx(token_f1("dog cat cat", "a cat"))
+
+
+def test_json_exact_scores_unparseable_predictions_zero():
+    assert json_exact("not json", REF) == 0.0
+    assert json_exact('{"name": "Maria Lopez"', REF) == 0.0  # truncated
+
+
+@pytest.mark.parametrize("reference", ["[1, 2]", [1, 2], "{}", {}, '"text"', 3])
+def test_json_fields_refuses_a_reference_that_is_not_a_non_empty_object(reference):
+    with pytest.raises(ValueError, match="needs a non-empty JSON object as the reference"):
+        json_fields(REF, reference)
+
+
+def test_resolve_metric_errors_say_what_to_use():
+    with pytest.raises(ValueError, match="use one of exact_match, contains, token_f1, rouge_l"):
+        resolve_metric("bleu")
+    with pytest.raises(ValueError, match=r"'tuneforge\.eval\.metrics:BUILTIN' is not callable"):
+        resolve_metric("tuneforge.eval.metrics:BUILTIN")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        resolve_metric("tuneforge.eval.metrics:no_such_metric")
+
+
+def test_score_case_keeps_in_range_values_and_scores_every_metric():
+    def const(value):
+        return lambda pred, ref: value
+
+    metrics = {"low": const(0.0), "high": const(1.5), "mid": const(0.5), "neg": const(-0.5), "top": const(1)}
+    result = score_case("Paris", "Paris", metrics)
+    assert result["scores"] == {"low": 0.0, "high": None, "mid": 0.5, "neg": None, "top": 1.0}
+    assert set(result["errors"]) == {"high", "neg"}
+    assert result["errors"]["high"] == "returned 1.5, outside [0, 1]"
+    missing = score_case(None, "Paris", metrics)
+    assert missing["scores"] == dict.fromkeys(metrics)
+    assert missing["errors"] == dict.fromkeys(metrics, "no output was generated")

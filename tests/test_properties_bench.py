@@ -73,6 +73,8 @@ def test_property_29_every_run_reports_p50_p95_p99_of_every_latency(recs, wall):
         assert dist["count"] == len(samples[metric])
         for p, expected in _numpy_ms(samples[metric]).items():
             assert dist[f"p{p}"] == pytest.approx(expected, rel=1e-9, abs=1e-9), (metric, p)
+        assert dist["mean"] == pytest.approx(float(np.mean(samples[metric])) * 1000, rel=1e-9), metric
+        assert dist["max"] == pytest.approx(max(samples[metric]) * 1000, rel=1e-12), metric
         assert dist["p50"] <= dist["p95"] <= dist["p99"] <= dist["max"] + 1e-9
 
 

@@ -1,11 +1,15 @@
-"""Properties 1-4 of the design: dataset parsing, formatting, validation and error identifiers."""
+"""Properties 1-4 of the design: dataset parsing, formatting, validation and error identifiers; the
+token-length summary and histogram of `tuneforge data stats`."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from conftest import write_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +17,7 @@ from hypothesis import strategies as st
 from tuneforge.config import DataConfig
 from tuneforge.data import DatasetPreprocessor
 from tuneforge.data.formats import Example, validate_example
+from tuneforge.data.stats import histogram, length_summary
 from tuneforge.data.templates import render_example, render_plain
 
 SETTINGS = settings(
@@ -170,3 +175,83 @@ def test_property_4_invalid_data_errors_include_identifiers(ids, breakage, file_
         mine = [p for p in loaded.problems if (f":{i + 1}: " if file_type == "jsonl" else f":row {i}: ") in p]
         assert mine, (i, loaded.problems)
         assert all(eid in p for p in mine)
+
+
+LENGTHS = st.lists(st.integers(1, 5000), min_size=1, max_size=300)
+
+
+def _rows(text: str) -> list[tuple[int, int, str, int]]:
+    """(low, high, bar, count) of every `low-high | ### count` row, checking the row's shape."""
+    rows = []
+    for line in text.split("\n"):
+        m = re.fullmatch(r" *(\d+)-(\d+) \| (#*) (\d+)", line)
+        assert m, f"not a histogram row: {line!r}"
+        rows.append((int(m[1]), int(m[2]), m[3], int(m[4])))
+    return rows
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=LENGTHS)
+def test_length_summary_matches_numpy_rounded_to_two_decimals(lengths):
+    s = length_summary(lengths)
+    assert list(s) == ["count", "min", "mean", "p50", "p90", "p99", "max"]
+    assert (s["count"], s["min"], s["max"]) == (len(lengths), min(lengths), max(lengths))
+    exact = {"mean": float(np.mean(lengths))}
+    exact |= {f"p{q}": float(np.percentile(lengths, q)) for q in (50, 90, 99)}  # linear interpolation
+    for key, value in exact.items():
+        assert abs(s[key] - value) <= 0.005 + 1e-9, key  # rounded to 2 decimals, not further
+        assert s[key] == round(s[key], 2), key  # and to no more than 2
+
+
+def test_length_summary_on_known_cases():
+    assert length_summary([]) == {"count": 0}
+    assert length_summary([5]) == {
+        "count": 1,
+        "min": 5,
+        "mean": 5.0,
+        "p50": 5.0,
+        "p90": 5.0,
+        "p99": 5.0,
+        "max": 5,
+    }
+    assert length_summary([2, 1, 1]) == {
+        "count": 3,
+        "min": 1,
+        "mean": 1.33,
+        "p50": 1.0,
+        "p90": 1.8,
+        "p99": 1.98,
+        "max": 2,
+    }
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=LENGTHS)
+def test_histogram_bins_cover_the_range_and_count_every_length(lengths):
+    rows = _rows(histogram(lengths))
+    lo, hi = min(lengths), max(lengths)
+    step = max(1, math.ceil((hi - lo + 1) / 10))  # the narrowest equal width that fits in 10 bins
+    assert len(rows) <= 10 and rows[0][0] == lo and rows[-1][0] <= hi <= rows[-1][1]
+    for i, (low, high, bar, count) in enumerate(rows):
+        assert (low, high) == (lo + i * step, lo + (i + 1) * step - 1)
+        assert count == sum(low <= n <= high for n in lengths)
+        assert set(bar) <= {"#"}
+        # bars are proportional to the counts (40 for the largest), and a non-empty bin shows at least one #
+        assert len(bar) == max(1 if count else 0, round(40 * count / max(r[3] for r in rows)))
+    assert sum(r[3] for r in rows) == len(lengths)
+    assert len({line.index("|") for line in histogram(lengths).split("\n")}) == 1  # labels aligned
+
+
+def test_histogram_on_known_cases():
+    assert histogram([]) == "(no examples)"
+    assert histogram([7]) == "7-7 | " + "#" * 40 + " 1"
+    rows = _rows(histogram([*range(1, 11), *[5] * 99]))  # a range of exactly 10: one value per bin
+    assert [(low, high) for low, high, _, _ in rows] == [(i, i) for i in range(1, 11)]
+    assert [len(bar) for _, _, bar, _ in rows] == [1, 1, 1, 1, 40, 1, 1, 1, 1, 1]  # 1 of 100 still shows
+    assert [count for *_, count in _rows(histogram([1, 2, 2, 3, 10]))] == [1, 2, 1, 0, 0, 0, 0, 0, 0, 1]
+    assert _rows(histogram([1, 2, 2, 3, 10]))[3][2] == ""  # an empty bin has no bar
+    assert _rows(histogram([0, 21, 25], bins=3, width=10)) == [
+        (0, 8, "#####", 1),
+        (9, 17, "", 0),
+        (18, 26, "#" * 10, 2),
+    ]

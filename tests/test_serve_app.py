@@ -136,7 +136,10 @@ def test_overload_is_429_with_retry_after():
     codes = sorted(r.status_code for r in results)
     assert codes == [200, 200, 429, 429, 429, 429]  # exactly max_pending admitted, every other one refused
     rejected = next(r for r in results if r.status_code == 429)
-    assert rejected.headers["retry-after"] == "1" and "max_pending" in rejected.json()["error"]["message"]
+    assert rejected.headers["retry-after"] == "1"
+    assert rejected.json()["error"]["message"] == (
+        "the server is at its limit of 2 requests in progress (max_pending); retry shortly"
+    )
 
 
 def test_api_key_guards_everything_but_probes():
@@ -223,6 +226,78 @@ def test_adapters_load_list_unload_and_no_path_traversal(tmp_path):
     with app_client() as client:  # no adapter directory: runtime loading is off
         r = client.post("/v1/adapters", json={"name": "demo", "path": str(root / "demo")})
         assert r.status_code == 403 and "adapter-dir" in r.json()["error"]["message"]
+
+
+def test_adapter_errors_name_the_field_and_a_load_reports_the_resolved_folder(tmp_path):
+    root = tmp_path / "adapters"
+    (root / "demo").mkdir(parents=True)
+    (root / "demo" / "adapter_config.json").write_text("{}")
+    folder = str((root / "demo").resolve())
+
+    def error(r, status):
+        assert r.status_code == status, r.text
+        return r.json()["error"]["param"], r.json()["error"]["message"]
+
+    with app_client(adapter_dir=str(root)) as client:
+        r = client.post("/v1/adapters", json={"name": "demo", "path": "demo"})
+        assert r.status_code == 200 and r.json() == {"loaded": "demo", "path": folder}
+        assert client.get("/v1/adapters").json() == {"adapters": [{"name": "demo", "path": folder}]}
+        r = client.post("/v1/load_lora_adapter", json={"lora_name": "v", "lora_path": "./demo/"})
+        assert r.json() == {"loaded": "v", "path": folder}  # the engine gets the resolved folder
+        assert client.engine.adapters() == {"demo": folder, "v": folder}
+        param, message = error(client.post("/v1/adapters", json={"name": "x", "path": "../x"}), 403)
+        assert param == "path" and "'../x' resolves outside the adapter directory" in message
+        param, message = error(client.post("/v1/adapters", json={"name": "x", "path": "missing"}), 400)
+        assert (
+            param == "path" and "'missing' is not a PEFT adapter folder (no adapter_config.json in" in message
+        )
+        param, message = error(client.post("/v1/adapters", json={"name": "x", "path": "a\u0000b"}), 400)
+        assert param == "path" and "adapter path 'a\\x00b' is not a valid path" in message
+        param, message = error(client.post("/v1/adapters", json={"name": "a/b", "path": "demo"}), 400)
+        assert param == "name" and message == "adapter name 'a/b': use letters, digits, '.', '_' or '-'"
+        param, message = error(client.post("/v1/adapters", json={"name": "fake", "path": "demo"}), 400)
+        assert param == "name" and message == "'fake' is the base model's name; pick another"
+        param, message = error(client.delete("/v1/adapters/fake"), 400)
+        assert param == "name" and message == "'fake' is the base model, not an adapter"
+    with app_client() as client:
+        param, message = error(client.post("/v1/adapters", json={"name": "demo", "path": "demo"}), 403)
+        assert param == "path"
+        assert (
+            "start the server with --adapter-dir DIR (or TUNEFORGE_ADAPTER_DIR) to allow folders" in message
+        )
+
+
+def test_batch_admission_limits_adapter_and_timeout():
+    with app_client(max_batch_prompts=3) as client:
+        ok = client.post("/generate/batch", json={"prompts": ["a", "b", "c"], "max_tokens": 2})
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 3  # exactly the limit is allowed
+        r = client.post("/generate/batch", json={"prompts": ["a", "b", "c", "d"]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompts"
+        assert r.json()["error"]["message"] == "4 prompts in one batch; the limit is 3 (max_batch_prompts)"
+        r = client.post("/generate/batch", json={"prompts": ["a", ""]})
+        assert r.status_code == 400 and r.json()["error"]["message"] == "prompts[1] is empty"
+        asyncio.run(client.engine.load_adapter("tuned", "/x"))
+        r = client.post("/generate/batch", json={"prompts": ["a", "b"], "max_tokens": 2, "model": "tuned"})
+        assert all(text.startswith(" tuned:") for text in r.json()["results"])  # the batch ran on the adapter
+        assert "tuneforge_queue_depth 0.0" in client.get("/metrics").text  # every slot given back
+    with app_client(FakeEngine(delay=3.0), request_timeout_s=0.1) as client:
+        r = client.post("/generate/batch", json={"prompts": ["a", "b"], "max_tokens": 2})
+        assert r.status_code == 504 and r.json()["partial_text"] == ""
+        assert r.json()["error"]["message"] == "the batch did not finish within 0.1 s (request_timeout_s)"
+
+
+def test_batch_time_to_first_token_is_the_time_the_batch_took():
+    with app_client() as client:
+        start = time.perf_counter()
+        assert (
+            client.post("/generate/batch", json={"prompts": ["a", "b"], "max_tokens": 2}).status_code == 200
+        )
+        elapsed = time.perf_counter() - start
+        lines = client.get("/metrics").text.splitlines()
+    observed = float(
+        next(x for x in lines if x.startswith("tuneforge_time_to_first_token_seconds_sum")).split()[1]
+    )
+    assert 0 < observed <= elapsed  # one observation, taken inside the request
 
 
 def test_metrics_count_requests_errors_tokens_and_latency():
