@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Mutation score of the pure modules and of the serving admission and containment code (issue 11).
 #
-#   benchmarks/mutation.sh                       # every module below, each with its own tests
-#   benchmarks/mutation.sh eval_metrics admin    # only these
-#   MUTATION_SHOW=1 benchmarks/mutation.sh admin # also print the diff of every surviving mutant
+#   benchmarks/mutation.sh                       # every module below, each with its own tests (~15 min, 2 cores)
+#   benchmarks/mutation.sh eval_metrics serve_admin    # only these (names: the first column below)
+#   MUTATION_SHOW=1 benchmarks/mutation.sh serve_admin # also print the diff of every surviving mutant
 #
 # Tool: mutmut 3 (.venv/bin/pip install "mutmut==3.8.1"; not a runtime dependency). Each module runs in its
 # own copy of tuneforge/ and tests/ under .cache/mutation/<name> (git-ignored), with a setup.cfg written
@@ -35,6 +35,9 @@ EOF
 [ -x "$MUTMUT" ] || { echo "mutmut not found at $MUTMUT: .venv/bin/pip install 'mutmut==3.8.1'" >&2; exit 2; }
 mkdir -p "$WORK"
 selected=("$@")
+for want in "${selected[@]}"; do
+    grep -q "^$want|" <<<"$MODULES" || { echo "unknown module '$want'; one of: $(cut -d'|' -f1 <<<"$MODULES" | xargs)" >&2; exit 2; }
+done
 summaries=()
 
 while IFS='|' read -r name file functions tests; do
