@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -29,7 +30,7 @@ def random_adapter(model_path: str, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)  # the same adapter every run
+    torch.manual_seed(zlib.crc32(out.name.encode()))  # the same adapter every run, one per folder name
     lora = LoraConfig(r=8, lora_alpha=256, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), lora).save_pretrained(out)
     return out
