@@ -77,6 +77,24 @@ def descendants(pid: int) -> list[int]:
     return kids + [d for k in kids for d in descendants(k)]
 
 
+def dump_stacks(pids: list[int], path: Path, group: int) -> None:
+    """py-spy's native stacks of each process (when on the PATH), then SIGABRT so that faulthandler writes
+    every thread's Python traceback to the process's log; then the process group is killed."""
+    with open(path, "w") as f:
+        for pid in pids:
+            if shutil.which("py-spy"):
+                f.write(f"===== py-spy dump --native --pid {pid}\n")
+                f.flush()
+                subprocess.run(["py-spy", "dump", "--native", "--pid", str(pid)], stdout=f,
+                               stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
+    for pid in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+    time.sleep(3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+
+
 def attempt(model: str, adapter: str, setting: str, wait: float, log_dir: Path) -> dict:
     base, _, extra = setting.partition("+")
     env = {**os.environ, **SETTINGS[base], "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
@@ -96,20 +114,9 @@ def attempt(model: str, adapter: str, setting: str, wait: float, log_dir: Path) 
     last = [line for line in text.splitlines() if line.strip()][-3:]
     result["last_lines"] = [line[:200] for line in last]
     if proc.poll() is None:  # stalled: dump every process's stacks, then stop the tree
-        pids = [proc.pid, *descendants(proc.pid)]
-        dumps = log_dir / f"lora_start_{setting}.stacks.txt"
-        with open(dumps, "w") as f:
-            for pid in pids:
-                if shutil.which("py-spy"):
-                    f.write(f"===== py-spy dump --native --pid {pid}\n")
-                    f.flush()
-                    subprocess.run(["py-spy", "dump", "--native", "--pid", str(pid)], stdout=f,
-                                   stderr=subprocess.STDOUT, timeout=60)  # fmt: skip
-        for pid in reversed(pids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGABRT)  # faulthandler writes every thread's traceback to the log
-        time.sleep(3)
-        os.killpg(proc.pid, signal.SIGKILL)
+        dump_stacks(
+            [proc.pid, *descendants(proc.pid)], log_dir / f"lora_start_{setting}.stacks.txt", proc.pid
+        )
         result["stalled"] = True
     return result
 

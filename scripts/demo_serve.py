@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+TUNEFORGE = [sys.executable, "-m", "tuneforge.cli"]  # also where tuneforge is on PYTHONPATH, not installed
 # a held-out case in the training format (alpaca: instruction, blank line, input)
 ASK = (
     "Extract the order details from the text as JSON with the keys name, city, item, color and quantity."
@@ -50,18 +52,25 @@ def main() -> int:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--instance", default="c7i.large", help="catalog instance that prices this machine")
     p.add_argument("--out", default="runs/demo-cpu")
+    p.add_argument("--concurrency", default="1,4", help="benchmark levels (requests in flight)")
+    p.add_argument("--requests", type=int, default=12, help="benchmark requests per level")
+    p.add_argument(
+        "--cost-args", default="", help="cost options instead of --instance (e.g. --price-per-hour)"
+    )
+    p.add_argument("overrides", nargs="*", help="inference.* KEY=VALUE overrides for the server")
     args = p.parse_args()
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve = [
-        str(BIN / "tuneforge"),
+        *TUNEFORGE,
         "serve",
         args.model,
         "--adapter",
         f"demo={args.adapter}",
         "--port",
         str(port),
+        *args.overrides,
     ]
     log_path = Path(args.out) / "serve.log"
     print(f"$ {' '.join(serve)}   (log: {log_path})", flush=True)
@@ -101,8 +110,8 @@ def main() -> int:
             print()
 
         bench_dir = Path(args.out) / "bench"
-        run([str(BIN / "tuneforge"), "bench", "--url", base, "--model", "demo", "--concurrency", "1,4",
-             "--requests", "12", "--prompts", "data/demo/test.jsonl", "--output-len", "48",
+        run([*TUNEFORGE, "bench", "--url", base, "--model", "demo", "--concurrency", args.concurrency,
+             "--requests", str(args.requests), "--prompts", "data/demo/test.jsonl", "--output-len", "48",
              "--server-pid", str(server.pid), "--out", str(bench_dir)])  # fmt: skip
     finally:
         server.terminate()
@@ -112,7 +121,8 @@ def main() -> int:
             server.kill()
 
     run_file = Path(args.adapter).parent / "mlflow_run.json"
-    cost = [str(BIN / "tuneforge"), "cost", "--instance", args.instance,
+    price = shlex.split(args.cost_args) or ["--instance", args.instance]
+    cost = [*TUNEFORGE, "cost", *price,
             "--bench", str(bench_dir / "results.json"), "--estimate-gpus",
             "--model", "HuggingFaceTB/SmolLM2-135M-Instruct",  # the benchmark only knows the adapter's name
             "--out", str(Path(args.out) / "cost")]  # fmt: skip
@@ -124,7 +134,8 @@ def main() -> int:
     run(cost)
 
     print("\nServe it yourself:")
-    print(f"  {BIN / 'tuneforge'} serve {args.model} --adapter demo={args.adapter}")
+    tuneforge = BIN / "tuneforge" if (BIN / "tuneforge").exists() else "python -m tuneforge.cli"
+    print(f"  {tuneforge} serve {args.model} --adapter demo={args.adapter}")
     print("then, in another terminal, stream an answer (Server-Sent Events):")
     message = json.dumps({"model": "demo", "stream": True, "messages": [{"role": "user", "content": ASK}]})
     json_header = "-H 'content-type: application/json'"

@@ -64,3 +64,63 @@ def test_serve_vs_vllm_attributes_cpu_time_and_profile_samples_correctly(tmp_pat
     finally:
         parent.wait(timeout=30)
     assert set(seconds) == {"api", "worker"} and seconds["api"] < seconds["worker"]
+
+
+def lora_overhead():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import lora_overhead
+
+    return lora_overhead
+
+
+def test_lora_overhead_adapter_has_the_model_shape_and_loads_into_peft(tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora_overhead().make_adapter(str(tiny_model_dir), str(tmp_path / "ad"), 8, targets)
+    saved = load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "ad")
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(loaded) == len(saved) == 2 * len(targets) * 2  # A and B per module, 2 layers
+    for name, tensor in saved.items():  # every saved tensor landed in its module (not left at its init)
+        key = name.replace(".weight", ".default.weight")
+        assert torch.equal(loaded[key].to(tensor.dtype), tensor), name
+
+
+def test_lora_overhead_ratios_are_against_the_model_served_without_lora():
+    rows = [
+        {"setting": "nolora", "mode": "base", "concurrency": 1, "tok_s": 200.0},
+        {"setting": "sized", "mode": "base", "concurrency": 1, "tok_s": 190.0},
+        {"setting": "sized", "mode": "adapter", "concurrency": 1, "tok_s": 150.0},
+        {"setting": "sized", "mode": "adapter", "concurrency": 8, "tok_s": 600.0},
+        {"setting": "sized", "mode": "base", "concurrency": 8, "tok_s": 800.0},
+    ]
+    ratio = {(r["setting"], r["mode"], r["concurrency"]): r["vs_base"] for r in lora_overhead().table(rows)}
+    assert ratio[("sized", "base", 1)] == 0.95 and ratio[("sized", "adapter", 1)] == 0.75
+    # no nolora run at concurrency 8: against the same engine's base requests
+    assert ratio[("sized", "adapter", 8)] == 0.75 and ratio[("sized", "base", 8)] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_lora_overhead_runs_tuneforge_vllm_engine_sized_to_the_adapter(tmp_path):
+    pytest.importorskip("vllm")
+    from tuneforge.models.resolve import resolve_model
+
+    model = resolve_model("smollm2-135m-instruct").path
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "lora_overhead.py"), model, "--settings", "sized",
+        "--concurrency", "1,2", "--output-len", "4", "--input-len", "8", "--min-requests", "2",
+        "--wait", "600", "--log-dir", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    got = {(r["mode"], r["concurrency"]): r for r in result["rows"]}
+    assert set(got) == {(m, c) for m in ("base", "adapter", "mixed") for c in (1, 2)}
+    assert all(r["tokens"] == 2 * 4 for r in got.values())  # every answer exactly --output-len tokens
+    engine = result["engines"][0]["engine"]  # read back from the running vLLM engine
+    assert (engine["max_loras"], engine["max_lora_rank"]) == (1, 16)

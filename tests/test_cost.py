@@ -655,3 +655,23 @@ def test_cost_cli_estimates_refuse_what_they_cannot_do(tmp_path, capsys):
     code, payload = _run([*argv, "--out", str(tmp_path)], capsys)
     assert code == 0 and payload["measured_serving"] is None and len(payload["estimated_serving"]) == 3
     assert "Estimated serving cost" in (tmp_path / "cost.md").read_text()
+
+
+def test_cost_cli_footnotes_number_the_estimated_rows_only(tmp_path, capsys):
+    """A serving rate given with --rps is an estimate too, but its basis is printed in its own row: the
+    footnotes [1]..[n] belong to the estimated GPU rows, in order."""
+    argv = ["cost", "--rps", "10", "--instance", "runpod-h100-sxm", "--estimate-gpus", "--params-b", "7.25"]
+    from tuneforge.cost.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args([*argv, "--top", "3", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    payload = json.loads(printed.strip().splitlines()[-1])
+    table = [line for line in printed.splitlines() if line.startswith("estimated ")]
+    assert "given on the command line" in table[0]  # the --rps row keeps its own words
+    rows = payload["estimated_serving"]
+    for k, (line, row) in enumerate(zip(table[1:], rows, strict=True), 1):
+        assert line.split()[1] == row["instance"] and line.rstrip().endswith(f"[{k}]")
+        assert f"  [{k}] {row['instance']}: " in printed

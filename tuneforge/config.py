@@ -330,10 +330,10 @@ class InferenceConfig:
     """Generation engine: auto (vLLM when installed, else transformers), vllm or transformers."""
     kv_cache_gb: float | None = None
     """vLLM KV cache size in GiB; None sizes it from gpu_memory_utilization (on CPU: 1 GiB)."""
-    max_loras: int = 4
-    """Adapters vLLM keeps in one batch at once."""
-    max_lora_rank: int = 64
-    """Largest adapter rank vLLM accepts (it reserves memory for this rank)."""
+    max_loras: int | None = None
+    """Adapters vLLM batches at once; None: those served from the start (4 with runtime loading)."""
+    max_lora_rank: int | None = None
+    """Largest adapter rank vLLM accepts; None: that of the adapters served (64 with runtime loading)."""
     quantization_bits: int = 4
     """Bits for bitsandbytes serving quantization: 4 (nf4) or 8 (transformers engine only)."""
     load_format: str = "auto"
@@ -344,8 +344,13 @@ class InferenceConfig:
         _check(
             "kv_cache_gb", self.kv_cache_gb is None or self.kv_cache_gb > 0, "> 0 or null", self.kv_cache_gb
         )
-        _check("max_loras", self.max_loras >= 1, ">= 1", self.max_loras)
-        _check("max_lora_rank", self.max_lora_rank >= 1, ">= 1", self.max_lora_rank)
+        _check("max_loras", self.max_loras is None or self.max_loras >= 1, ">= 1 or null", self.max_loras)
+        _check(
+            "max_lora_rank",
+            self.max_lora_rank is None or self.max_lora_rank >= 1,
+            ">= 1 or null",
+            self.max_lora_rank,
+        )
         _check("quantization_bits", self.quantization_bits in (4, 8), "4 or 8", self.quantization_bits)
         _check_choice("load_format", self.load_format, ("auto", "dummy"))
         _check("tensor_parallel_size", self.tensor_parallel_size >= 1, ">= 1", self.tensor_parallel_size)

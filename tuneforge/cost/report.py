@@ -128,7 +128,7 @@ def serving_rows(analysis: dict[str, Any], with_how: bool = True) -> list[dict[s
             "per 1K requests": usd(r["cost_per_1k_requests_usd"]),
             "per 1M output tokens": usd(r["cost_per_1m_output_tokens_usd"]),
         }
-        if with_how or r["basis"] == "measured":
+        if with_how or r is est.get("measured"):  # the row priced from the command line: its own words
             row["how"] = r["how"]
         else:  # a footnote number: the estimate's basis is printed below the table
             k += 1

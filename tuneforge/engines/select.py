@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 
 from tuneforge.config import InferenceConfig
 from tuneforge.errors import ConfigError
@@ -34,15 +35,25 @@ def start_engine(
     cache_dir: str | None = None,
     enable_lora: bool = True,
     revision: str | None = None,
+    adapters: Sequence[str] = (),
+    runtime_adapters: bool = False,
 ):
-    """A started engine for `reference` (blocking: loading takes seconds to minutes)."""
+    """A started engine for `reference` (blocking: loading takes seconds to minutes); `adapters` are the
+    folders it will serve from the start, `runtime_adapters` whether others may be loaded later."""
     kind = pick_engine(cfg.engine)
     log.info("engine: %s", kind)
     if kind == "vllm":
         from tuneforge.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine.start(
-            reference, cfg, name=name, cache_dir=cache_dir, enable_lora=enable_lora, revision=revision
+            reference,
+            cfg,
+            name=name,
+            cache_dir=cache_dir,
+            enable_lora=enable_lora,
+            revision=revision,
+            adapters=adapters,
+            runtime_adapters=runtime_adapters,
         )
     from tuneforge.engines.transformers_engine import TransformersEngine
 

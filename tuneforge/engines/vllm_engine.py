@@ -27,6 +27,7 @@ from tuneforge.engines.base import (
     InvalidRequest,
     check_context,
 )
+from tuneforge.engines.lora_slots import lora_slots
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_GB = 1.0
@@ -46,10 +47,18 @@ def serving_dtype(dtype: str, cpu: bool) -> str:
 
 
 def build_engine_args(
-    model_path: str, cfg: InferenceConfig, *, enable_lora: bool, cpu: bool, revision: str | None = None
+    model_path: str,
+    cfg: InferenceConfig,
+    *,
+    enable_lora: bool,
+    cpu: bool,
+    revision: str | None = None,
+    adapters: Sequence[str] = (),
+    runtime_adapters: bool = False,
 ):
     """The recipe's inference settings, applied exactly (tests/test_properties_serve.py checks each);
-    `revision` pins a hub model's weights and tokenizer."""
+    `revision` pins a hub model's weights and tokenizer. LoRA room is sized to `adapters` (served from the
+    start) unless the recipe sets it or `runtime_adapters` may come later (engines/lora_slots.py)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     if cfg.quantization == "bitsandbytes" and cfg.quantization_bits != 4:
@@ -72,7 +81,8 @@ def build_engine_args(
     if revision is not None:
         kwargs.update(revision=revision, tokenizer_revision=revision)
     if enable_lora:
-        kwargs.update(max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
+        loras, rank = lora_slots(cfg.max_loras, cfg.max_lora_rank, adapters, runtime_adapters)
+        kwargs.update(max_loras=loras, max_lora_rank=rank)
     kv_gb = cfg.kv_cache_gb if cfg.kv_cache_gb is not None else (CPU_KV_CACHE_GB if cpu else None)
     if kv_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
@@ -99,7 +109,11 @@ class VLLMEngine:
         enable_lora: bool = True,
         cache_dir: str | None = None,
         revision: str | None = None,
+        adapters: Sequence[str] = (),
+        runtime_adapters: bool = False,
     ) -> VLLMEngine:
+        """`adapters`: the adapter folders this engine will serve (LoRA room is sized to them); with
+        `runtime_adapters`, or none given, room for others loaded later."""
         from transformers import AutoTokenizer
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -107,7 +121,15 @@ class VLLMEngine:
 
         ref = resolve_model(reference, cache_dir)
         revision = revision if ref.kind == "hub" else None  # a local folder has no revisions
-        args = build_engine_args(ref.path, cfg, enable_lora=enable_lora, cpu=on_cpu(), revision=revision)
+        args = build_engine_args(
+            ref.path,
+            cfg,
+            enable_lora=enable_lora,
+            cpu=on_cpu(),
+            revision=revision,
+            adapters=adapters,
+            runtime_adapters=runtime_adapters,
+        )
         log.info("starting vLLM on %s (%s)", reference, ref.path)
         llm = AsyncLLM.from_engine_args(args)
         tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)
@@ -233,6 +255,7 @@ class VLLMEngine:
             "enable_prefix_caching": c.cache_config.enable_prefix_caching,
             "quantization": c.model_config.quantization,
             "max_lora_rank": c.lora_config.max_lora_rank if c.lora_config else None,
+            "max_loras": c.lora_config.max_loras if c.lora_config else None,
         }
 
     # -- life ----------------------------------------------------------------------------------------

@@ -96,13 +96,14 @@ def generate_with_vllm(recipe: Recipe, specs: list[ModelSpec], cases: list[TestC
     results: list[dict] = [{} for _ in specs]
     for reference in dict.fromkeys(s.reference for s in specs):
         mine = [i for i, s in enumerate(specs) if s.reference == reference]
-        lora = any(specs[i].adapter for i in mine)
+        adapters = [str(specs[i].adapter) for i in mine if specs[i].adapter]
         engine = VLLMEngine.start(
             reference,
             recipe.inference,
-            enable_lora=lora,
+            enable_lora=bool(adapters),
             cache_dir=recipe.model.cache_dir,
             revision=recipe.model.revision,
+            adapters=adapters,
         )
         try:
             for i in mine:

@@ -43,6 +43,8 @@ def default_engine_factory(settings: ServeSettings):
         cache_dir=settings.cache_dir,
         enable_lora=lora,
         revision=settings.revision,
+        adapters=list(settings.adapters.values()),
+        runtime_adapters=bool(settings.adapter_dir),
     )
 
 

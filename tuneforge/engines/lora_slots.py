@@ -1,0 +1,56 @@
+"""How many adapters, and of what rank, a vLLM engine makes room for. Imports no torch.
+
+vLLM sizes its LoRA kernels and buffers for `max_loras` adapters of rank `max_lora_rank`, and a larger
+reservation costs every adapter request: on an H200 (Mistral-7B shape, one rank-16 adapter on all seven
+projections) room for 4 adapters of rank 64 served the adapter at 0.70x of the base model's throughput at
+concurrency 64, room for 1 of rank 16 at 0.79x (benchmarks/RESULTS.md). So unless the recipe says
+otherwise, an engine makes room for exactly the adapters it serves from the start, and for 4 of rank 64
+only when adapters may be loaded later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuneforge.errors import ConfigError, ModelLoadError
+
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+RUNTIME_LORAS, RUNTIME_RANK = 4, 64  # room kept when adapters can be loaded at runtime
+
+
+def adapter_rank(folder: str | Path) -> int:
+    """The largest rank in a PEFT adapter (its `r`, or a larger one from `rank_pattern`)."""
+    path = Path(folder) / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        return max([int(cfg["r"]), *(int(r) for r in (cfg.get("rank_pattern") or {}).values())])
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: not found; is {folder} a PEFT adapter folder?") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{path}: no readable LoRA rank 'r' ({type(e).__name__}: {e})") from None
+
+
+def lora_slots(
+    max_loras: int | None, max_lora_rank: int | None, adapters: Sequence[str | Path], runtime: bool
+) -> tuple[int, int]:
+    """(max_loras, max_lora_rank) for an engine serving `adapters` from the start, and others loaded later
+    when `runtime`; None leaves a value to be sized, a number is kept (and checked against the adapters)."""
+    ranks = {str(a): adapter_rank(a) for a in adapters}
+    runtime = runtime or not adapters  # nothing known at start: keep room for what comes
+    loras = max_loras or (max(len(adapters), RUNTIME_LORAS) if runtime else len(adapters))
+    need = max(ranks.values(), default=1)
+    if max_lora_rank is not None:
+        if need > max_lora_rank:
+            biggest = max(ranks, key=ranks.get)
+            raise ConfigError(
+                f"inference.max_lora_rank={max_lora_rank}, but the adapter {biggest} has rank {need}: "
+                f"set inference.max_lora_rank >= {need}, or leave it unset to size it to the adapters"
+            )
+        return loras, max_lora_rank
+    want = max(need, RUNTIME_RANK) if runtime else need
+    fits = [r for r in VLLM_RANKS if r >= want]
+    if not fits:
+        raise ConfigError(f"adapter rank {need} is above vLLM's largest max_lora_rank ({VLLM_RANKS[-1]})")
+    return loras, fits[0]
