@@ -60,6 +60,13 @@ def top_functions(collapsed: Path, n: int = 15) -> list[tuple[str, float]]:
     return [(f, c / total) for f, c in counts.most_common(n)] if total else []
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The round with the median request throughput (the lower middle one for an even count), with every
+    round's throughput beside it."""
+    ranked = sorted(runs, key=lambda r: r["request_throughput"])
+    return {**ranked[(len(ranked) - 1) // 2], "rounds": [r["request_throughput"] for r in runs]}
+
+
 def run_server(name: str, cmd: list[str], ready: str, args, port: int, out: Path) -> dict:
     log = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -123,6 +130,9 @@ def main():
     p.add_argument("--top-p", type=float, help="sent with every request (default: none)")
     p.add_argument("--profile", help="folder for py-spy's samples of each API process (needs py-spy)")
     p.add_argument("--only", choices=("tuneforge", "vllm"), help="run one server only")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="rounds; the order alternates (A B, B A, ...) and medians count"
+    )
     args = p.parse_args()
 
     from tuneforge.models.resolve import resolve_model
@@ -131,21 +141,30 @@ def main():
     out = Path(args.profile or tempfile.mkdtemp(prefix="serve-vs-vllm-"))
     out.mkdir(parents=True, exist_ok=True)
     common = [f"inference.dtype={args.dtype}", f"inference.max_model_len={args.max_model_len}"]
-    results = {}
-    if args.only in (None, "tuneforge"):
-        port = free_port()
-        ours = [sys.executable, "-m", "tuneforge.cli", "serve", args.model_path, *common, "--engine", "vllm",
-                "--served-name", "m", "--port", str(port)]  # fmt: skip
-        results["tuneforge serve"] = run_server("tuneforge", ours, "/ready", args, port, out)
-    if args.only in (None, "vllm"):
-        port = free_port()
-        theirs = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model_path,
-                  "--served-model-name", "m", "--dtype", args.dtype,
-                  "--max-model-len", str(args.max_model_len),
-                  "--enable-prefix-caching", "--seed", "0", "--port", str(port),
-                  "--kv-cache-memory-bytes", str(2**30)]  # fmt: skip
-        results["vllm serve"] = run_server("vllm", theirs, "/health", args, port, out)
-
+    port = free_port()
+    servers = {
+        "tuneforge serve": (
+            "tuneforge", "/ready",
+            [sys.executable, "-m", "tuneforge.cli", "serve", args.model_path, *common, "--engine", "vllm",
+             "--served-name", "m", "--port", str(port)],
+        ),
+        "vllm serve": (
+            "vllm", "/health",
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model_path,
+             "--served-model-name", "m", "--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
+             "--enable-prefix-caching", "--seed", "0", "--port", str(port),
+             "--kv-cache-memory-bytes", str(2**30)],
+        ),
+    }  # fmt: skip
+    order = [n for n in servers if args.only is None or servers[n][0] == args.only]
+    rounds: dict[str, list[dict]] = {n: [] for n in order}
+    for i in range(args.repeat):
+        for name in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
+            tag, ready, cmd = servers[name]
+            rounds[name].append(run_server(f"{tag}-{i}", cmd, ready, args, port, out))
+            r = rounds[name][-1]
+            print(f"round {i + 1}: {name:<16} {r['request_throughput']:.3f} req/s", flush=True)
+    results = {name: median_run(runs) for name, runs in rounds.items()}
     keys = (
         "request_throughput",
         "output_throughput",
@@ -167,12 +186,15 @@ def main():
     if len(results) == 2:
         ratio = results["tuneforge serve"]["request_throughput"] / results["vllm serve"]["request_throughput"]
         print(f"tuneforge / vllm serve, requests/s: {ratio:.3f}")
+    if args.repeat > 1:
+        for name, r in results.items():
+            print(f"{name}: req/s per round {', '.join(f'{x:.3f}' for x in r['rounds'])} (median shown)")
     for name, r in results.items():
         cpu = ", ".join(f"{k} {v:.1f} s" for k, v in r["cpu_seconds"].items())
         print(f"CPU time under load, {name}: {cpu} ({r['completed']} requests)")
     if args.profile:
         for name in ("tuneforge", "vllm"):
-            collapsed = out / f"{name}.collapsed"
+            collapsed = out / f"{name}-0.collapsed"  # the first round's samples
             if collapsed.is_file():
                 print(f"\n{name}: share of API-process samples per function (inclusive)")
                 for func, share in top_functions(collapsed):
@@ -189,7 +211,10 @@ def main():
                 "prompts": args.prompts,
                 "sampling_sent": {"temperature": args.temperature, "top_p": args.top_p},
                 "ratio_requests_per_s": ratio,
-                "results": {k: {m: v[m] for m in (*keys, "cpu_seconds")} for k, v in results.items()},
+                "repeat": args.repeat,
+                "results": {
+                    k: {m: v[m] for m in (*keys, "cpu_seconds", "rounds")} for k, v in results.items()
+                },
             }
         )
     )

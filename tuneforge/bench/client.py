@@ -101,13 +101,6 @@ class _Timer:
         )
 
 
-def _sse_data(line: str) -> str | None:
-    """The payload of an SSE `data:` line; None for blank lines, comments and other fields."""
-    if not line.startswith("data:"):
-        return None
-    return line[5:].strip()
-
-
 def _error_message(obj: Any) -> str:
     err = obj.get("error") if isinstance(obj, dict) else None
     if isinstance(err, dict):
@@ -116,8 +109,10 @@ def _error_message(obj: Any) -> str:
 
 
 async def _post_stream(client, url: str, body: dict, headers: dict, timer: _Timer, t0: float, handle):
-    """POST and feed each SSE payload to `handle(payload) -> RequestRecord | None` (a record ends it)."""
+    """POST and feed each SSE event's data to `handle(payload) -> RequestRecord | None` (a record ends
+    it); httpx-sse parses the stream (comments such as keep-alive pings are skipped)."""
     import httpx
+    from httpx_sse import EventSource, SSEError
 
     try:
         async with client.stream("POST", url, json=body, headers=headers) as resp:
@@ -126,10 +121,8 @@ async def _post_stream(client, url: str, body: dict, headers: dict, timer: _Time
                 return timer.record(
                     False, t0, error_kind=f"http_{resp.status_code}", status=resp.status_code, error=text
                 )
-            async for line in resp.aiter_lines():
-                payload = _sse_data(line)
-                if payload is None:
-                    continue
+            async for event in EventSource(resp).aiter_sse():
+                payload = event.data
                 try:
                     record = handle(payload, resp.status_code)
                 except (json.JSONDecodeError, AttributeError, TypeError) as e:
@@ -149,6 +142,8 @@ async def _post_stream(client, url: str, body: dict, headers: dict, timer: _Time
                 status=resp.status_code,
                 error="stream ended without its end marker",
             )
+    except SSEError as e:  # not an event stream (a wrong content type)
+        return timer.record(False, t0, error_kind="not_sse", error=str(e))
     except httpx.TimeoutException as e:
         return timer.record(False, t0, error_kind="timeout", error=f"{type(e).__name__}: {e}")
     except httpx.ConnectError as e:

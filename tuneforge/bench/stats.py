@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 PERCENTILES = (50, 95, 99)
 METRICS = ("ttft", "tpot", "itl", "e2e")
 METRIC_NAMES = {
@@ -69,18 +71,12 @@ class RequestRecord:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between order statistics, as numpy's default."""
+    """The q-th percentile (0-100), linear between order statistics (numpy's default method)."""
     if not values:
         raise ValueError("percentile of no values")
     if not 0 <= q <= 100:
         raise ValueError(f"percentile q must be in [0, 100], got {q}")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    frac = pos - lo
-    # numpy's formula for "linear": a + (b - a) * frac, exact at the order statistics
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
+    return float(np.percentile(values, q))
 
 
 def distribution(values: Sequence[float], scale: float = 1.0) -> dict[str, float | int | None]:

@@ -8,12 +8,11 @@ unchanged. `model` picks the base model (its served name) or an adapter by name.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from tuneforge.engines.base import InvalidRequest
 from tuneforge.serve.errors import error_body
 from tuneforge.serve.protocol import ChatCompletionRequest, CompletionRequest, Usage, new_id, now
-from tuneforge.serve.routes import ERRORS, SSE_HEADERS, service
+from tuneforge.serve.routes import ERRORS, service
 from tuneforge.serve.service import with_cancellation
 
 router = APIRouter(prefix="/v1")
@@ -86,11 +85,7 @@ async def completions(body: CompletionRequest, request: Request):
                 events.append({**chunk("")} | {"choices": [], "usage": usage})
             return events
 
-        return StreamingResponse(
-            svc.sse(chunks, on_chunk, _error_event, done="[DONE]"),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        return svc.sse(chunks, on_chunk, _error_event, done="[DONE]")
     if len(prompts) == 1:
         done = [await with_cancellation(request, svc.complete(prompts[0], sampling, adapter))]
     else:
@@ -151,11 +146,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                     events.append(chunk({}) | {"choices": [], "usage": usage})
             return events
 
-        return StreamingResponse(
-            svc.sse(chunks, on_chunk, _error_event, done="[DONE]"),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        return svc.sse(chunks, on_chunk, _error_event, done="[DONE]")
     c = await with_cancellation(request, svc.complete(prompt, sampling, adapter))
     message = {"role": "assistant", "content": c.text}
     return {

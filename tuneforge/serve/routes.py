@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tuneforge.serve.errors import error_body
@@ -20,7 +20,6 @@ from tuneforge.serve.protocol import (
 from tuneforge.serve.service import GenerationService, with_cancellation
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 503, 504)}
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter()  # behind the API key, when one is set
 open_router = APIRouter()  # probes: never behind the key
@@ -73,9 +72,7 @@ async def generate(body: GenerateRequest, request: Request):
             body["partial_text"] = e.partial_text
         return body
 
-    return StreamingResponse(
-        svc.sse(chunks, on_chunk, on_error), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return svc.sse(chunks, on_chunk, on_error)
 
 
 @router.post("/generate/batch", response_model=BatchGenerateResponse, responses=ERRORS)

@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+from sse_starlette import EventSourceResponse
+
 from tuneforge.config import SamplingParams
 from tuneforge.engines.base import AdapterNotFound, Chunk, Completion, EngineError, InvalidRequest
 from tuneforge.errors import ConfigError
@@ -19,6 +21,7 @@ from tuneforge.serve.protocol import SamplingFields
 from tuneforge.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+NO_CACHE = {"Cache-Control": "no-cache"}  # sse-starlette adds X-Accel-Buffering: no
 
 
 class GenerationService:
@@ -186,40 +189,41 @@ class GenerationService:
         return done
 
     # -- streaming -----------------------------------------------------------------------------------
-    async def sse(
+    def sse(
         self,
         chunks: AsyncIterator[Chunk],
         on_chunk: Callable[[Chunk], dict | None],
         on_error: Callable[[EngineError], dict],
         done: str | None = None,
-    ) -> AsyncIterator[str]:
-        """`data: {json}\\n\\n` per event. An error after the first event is one error event, then the
-        stream ends (no `done` line), so a client can tell a failed stream from a finished one."""
+    ) -> EventSourceResponse:
+        """A Server-Sent Events response (sse-starlette: `data: {json}` per event, keep-alive pings,
+        generation cancelled when the client goes). An error after the first event is one error event,
+        then the stream ends (no `done` line), so a client can tell a failed stream from a finished one."""
+        return EventSourceResponse(self._events(chunks, on_chunk, on_error, done), sep="\n", headers=NO_CACHE)
+
+    async def _events(self, chunks, on_chunk, on_error, done) -> AsyncIterator[str]:
         try:
             async for chunk in chunks:
                 for event in _as_list(on_chunk(chunk)):
-                    yield event_line(event)
+                    yield json.dumps(event, ensure_ascii=False)
         except EngineError as e:
             self.metrics.errors.labels(str(http_status(e)), e.kind).inc()
-            yield event_line(on_error(e))
+            yield json.dumps(on_error(e), ensure_ascii=False)
             return
         except Exception:
             log.exception("generation failed mid-stream")
             self.metrics.errors.labels("500", "internal_error").inc()
-            yield event_line(on_error(EngineError("internal error during generation; see the server log")))
+            error = on_error(EngineError("internal error during generation; see the server log"))
+            yield json.dumps(error, ensure_ascii=False)
             return
         finally:
             await chunks.aclose()
         if done is not None:
-            yield f"data: {done}\n\n"
+            yield done
 
 
 def _as_list(event):
     return [] if event is None else event if isinstance(event, list) else [event]
-
-
-def event_line(event: dict) -> str:
-    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
 async def with_cancellation(request, coro):
