@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,4", help="benchmark levels (requests in flight)")
     p.add_argument("--requests", type=int, default=12, help="benchmark requests per level")
     p.add_argument(
-        "--cost-args", default="", help="cost options instead of --instance (e.g. --price-per-hour)"
+        "--cost-args", default="", help="`cost gpus` options instead of --instance (e.g. --price-per-hour)"
     )
     p.add_argument("overrides", nargs="*", help="inference.* KEY=VALUE overrides for the server")
     args = p.parse_args()
@@ -122,8 +122,8 @@ def main() -> int:
 
     run_file = Path(args.adapter).parent / "mlflow_run.json"
     price = shlex.split(args.cost_args) or ["--instance", args.instance]
-    cost = [*TUNEFORGE, "cost", *price,
-            "--bench", str(bench_dir / "results.json"), "--estimate-gpus",
+    cost = [*TUNEFORGE, "cost", "gpus", *price,
+            "--bench", str(bench_dir / "results.json"),
             "--model", "HuggingFaceTB/SmolLM2-135M-Instruct",  # the benchmark only knows the adapter's name
             "--out", str(Path(args.out) / "cost")]  # fmt: skip
     if run_file.is_file():

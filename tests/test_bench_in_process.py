@@ -42,7 +42,7 @@ def test_cost_of_a_tracked_run_is_logged_back_to_it(tmp_path):
     with mlflow.start_run() as run:
         mlflow.log_metric("final/train_runtime", 1800.0)  # half an hour
     out = tuneforge(
-        "cost", "--instance", "c7i.large", "--mlflow-run-id", run.info.run_id, "--tracking-uri", uri,
+        "cost", "instance", "c7i.large", "--mlflow-run-id", run.info.run_id, "--tracking-uri", uri,
         "--log-to-run", "--rps", "0.5", "--out", str(tmp_path / "cost"),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

@@ -42,6 +42,12 @@ def test_console_script_is_installed():
         ["config"],
         ["config", "show"],
         ["config", "keys"],
+        ["cost"],
+        ["cost", "instance"],
+        ["cost", "gpus"],
+        ["cost", "compare"],
+        ["cost", "catalog"],
+        ["estimate"],
     ],
 )
 def test_every_command_explains_itself(args):
@@ -79,6 +85,20 @@ def test_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
     assert "Traceback" not in out.stderr
     out = run("config", "show", "configs/demo-cpu.yaml", "lora.rank=4")
     assert out.returncode == 2 and "did you mean 'lora.r'" in out.stderr
+
+
+def test_cost_without_a_subcommand_prints_its_help_and_exits_2():
+    out = run("cost")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("usage: tuneforge cost") and "Traceback" not in out.stderr
+    assert all(f"tuneforge cost {sub}" in out.stderr for sub in ("instance", "gpus", "compare", "catalog"))
+    out = run("cost", "--list")  # the one-command form of old points to its sub-command
+    assert out.returncode == 2 and "--list is now `tuneforge cost catalog`" in out.stderr
+    out = run("cost", "catalog", "--bench", "results.json")
+    assert out.returncode == 2 and "unrecognized arguments: --bench results.json" in out.stderr
+    out = run("cost", "instance", "g5.xlarg")
+    assert out.returncode == 2 and "did you mean g5.xlarge" in out.stderr
+    assert "`tuneforge cost catalog` shows the catalog" in out.stderr
 
 
 def test_config_show_applies_overrides():

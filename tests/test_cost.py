@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,93 @@ def test_bad_catalog_files(tmp_path):
     broken.write_text("instances: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_catalog([broken])
+
+
+GPU = "gpu: L4-24GB, gpu_count: 1"
+SERVING = "model: m, params_b: 1, gpu: L4-24GB, dtype: bf16, engine: vLLM, concurrency: 4, source: t"
+BAD_ENTRIES = [  # (section, fields, the end of the message: the field and what is wrong)
+    ("instances", f"{PRICE}: 1, gpu_count: '2'", "field 'gpu_count' must be a whole number, got '2'"),
+    ("instances", f"{PRICE}: '0.9'", f"field '{PRICE}' must be a number, got '0.9'"),
+    ("instances", f"{PRICE}: 1, region: 5", "field 'region' must be text (quote it in YAML) or null, got 5"),
+    ("instances", f"{PRICE}: 1, host_included: 1", "field 'host_included' must be true or false, got 1"),
+    ("instances", f"{PRICE}: -0.5", f"field '{PRICE}' must be > 0, got -0.5"),
+    (
+        "instances",
+        f"{PRICE}: 1, spot_usd_per_hour: -1",
+        "field 'spot_usd_per_hour' must be > 0 or null, got -1",
+    ),
+    ("instances", f"{PRICE}: 1, vcpus: 0", "field 'vcpus' must be >= 1 or null, got 0"),
+    ("instances", f"{PRICE}: .nan", f"field '{PRICE}' must be a finite number, got nan"),
+    (
+        "instances",
+        "on_demand_usd_per_hr: 1",
+        f"unknown field 'on_demand_usd_per_hr'; did you mean '{PRICE}'?",
+    ),
+    (
+        "instances",
+        f"{PRICE}: 1, origin: mine",
+        "unknown field 'origin'; did you mean 'region'?",
+    ),  # the loader's
+    ("instances", f"{PRICE}: 1, {GPU}", "field 'gpu_memory_gb' is required for a GPU instance"),
+    ("instances", f"{PRICE}: 1, host_included: null", "field 'host_included' must not be null"),
+    (
+        "serving_references",
+        SERVING,
+        "give 'request_throughput_rps' or 'output_tokens_per_s' (or 'ms_per_token'",
+    ),
+    (
+        "serving_references",
+        f"{SERVING}, request_throughput: 2",
+        "unknown field 'request_throughput'; did you mean 'request_throughput_rps'?",
+    ),
+    (
+        "serving_references",
+        f"{SERVING}, gpu_count: 0, output_tokens_per_s: 9",
+        "'gpu_count' must be >= 1, got 0",
+    ),
+    ("gpus", "name: X, memory_bandwidth_gbps: 1, memory_gb: 8, source: 3", "field 'source' must be text"),
+    ("training_references", "gpu: A, tokens_per_s: 1, params_b: 0", "field 'params_b' must be > 0, got 0"),
+]
+
+
+@pytest.mark.parametrize(("section", "fields", "message"), BAD_ENTRIES)
+def test_every_bad_entry_names_the_file_the_entry_and_the_field(tmp_path, section, fields, message):
+    path = tmp_path / "mine.yaml"
+    name = {"instances": "provider: x, name: a, ", "gpus": ""}.get(section, "")
+    path.write_text(f"{section}:\n  - {{{name}{fields}}}\n")
+    entry = {"instances": "instances[0] (a)", "gpus": "gpus[0] (X)"}.get(section, f"{section}[0]")
+    with pytest.raises(ConfigError) as err:
+        load_catalog([path])
+    assert str(err.value).startswith(f"{path}: {entry}: ") and message in str(err.value)
+    assert "pydantic" not in str(err.value).lower() and "\n" not in str(err.value)
+
+
+def test_catalog_entries_are_typed_frozen_models(tmp_path):
+    from pydantic import ValidationError
+
+    from tuneforge.cost.catalog import Instance
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "instances:\n  - {provider: x, name: a, on_demand_usd_per_hour: 2, price_date: 2025-06-05}\n"
+        "serving_references:\n  - {model: m, params_b: 1, dtype: bf16, engine: vLLM, concurrency: 1,\n"
+        "     ms_per_token: 20, date: 2026-01-02, source: t}\n"
+    )
+    catalog = load_catalog([path])
+    inst = catalog.get("a")
+    assert inst.price_date == "2025-06-05" and inst.on_demand_usd_per_hour == 2.0  # a YAML date is text
+    assert catalog.serving_references[-1].date == "2026-01-02"
+    assert catalog.serving_references[-1].throughputs() == (None, 50.0)
+    with pytest.raises(ValidationError):
+        inst.on_demand_usd_per_hour = 0.1  # frozen
+    assert Instance.model_fields["on_demand_usd_per_hour"].description.startswith("List price")
+    with pytest.raises(ConfigError, match=r"^custom instance 'box': --price-per-hour must be > 0, got -1.0$"):
+        custom_instance("box", -1.0)
+    with pytest.raises(ConfigError, match=r"custom instance 'box': --vcpus must be >= 1 or null, got 0"):
+        custom_instance("box", 1.0, vcpus=0)
+    with pytest.raises(ConfigError, match=r"qlora_throughput_factor must be a number in \(0, 1\], got 1.5"):
+        path.write_text("qlora_throughput_factor: 1.5\n")
+        load_catalog([path])
 
 
 def test_unknown_instance_suggests_the_closest_names():
@@ -298,13 +387,13 @@ def _run(argv: list[str], capsys) -> tuple[int, dict]:
 
 def test_cost_cli_prints_one_json_line(tmp_path, capsys):
     code, payload = _run(
-        ["cost", "--instance", "g5.xlarge", "--hours", "2", "--rps", "4", "--out", str(tmp_path)], capsys
+        ["cost", "instance", "g5.xlarge", "--hours", "2", "--rps", "4", "--out", str(tmp_path)], capsys
     )
     assert code == 0 and payload["training_cost_usd"] == pytest.approx(2.012)
     assert payload["cost_per_1k_requests_usd"] == pytest.approx(1.006 / (3.6 * 4))
     assert (tmp_path / "cost.html").read_text().count("<svg") == 1
     code, payload = _run(
-        ["cost", "--instance", "g6.xlarge,c7i.large", "--rps", "1", "--out", str(tmp_path)], capsys
+        ["cost", "instance", "g6.xlarge,c7i.large", "--rps", "1", "--out", str(tmp_path)], capsys
     )
     assert [c["instance"] for c in payload["configs"]] == ["g6.xlarge", "c7i.large"]
 
@@ -565,15 +654,15 @@ def _bench_results(path: Path, rps_at_16: float = 4.7, model: str = "HuggingFace
 
 
 def test_cost_cli_prints_measured_cpu_and_estimated_gpu_serving_costs(tmp_path, capsys, monkeypatch):
-    import tuneforge.cost.cli as cost_cli
+    import tuneforge.cost.inputs as cost_inputs
 
     bench = _bench_results(tmp_path / "results.json")
     monkeypatch.setattr(
-        cost_cli,
+        cost_inputs,
         "training_from_mlflow",
         lambda run_id, uri: (2.0, f"MLflow run {run_id} final/train_runtime on cpu", "cpu"),
     )
-    argv = ["cost", "--bench", str(bench), "--instance", "c7i.large", "--estimate-gpus", "--top", "5"]
+    argv = ["cost", "gpus", "--bench", str(bench), "--instance", "c7i.large", "--top", "5"]
     code, payload = _run([*argv, "--mlflow-run-id", "abc", "--out", str(tmp_path / "a")], capsys)
     assert code == 0
     assert (
@@ -613,16 +702,7 @@ def test_cost_cli_uses_a_measured_reference_of_the_same_model(tmp_path, capsys):
     bench = _bench_results(tmp_path / "results.json")
     mine = tmp_path / "mine.yaml"
     mine.write_text(SMOL_H100)
-    argv = [
-        "cost",
-        "--bench",
-        str(bench),
-        "--instance",
-        "c7i.large",
-        "--estimate-gpus",
-        "--catalog",
-        str(mine),
-    ]
+    argv = ["cost", "gpus", "--bench", str(bench), "--instance", "c7i.large", "--catalog", str(mine)]
     _, payload = _run([*argv, "--top", "50", "--out", str(tmp_path)], capsys)
     h100 = next(r for r in payload["estimated_serving"] if r["instance"] == "gpu_1x_h100_sxm5")
     assert h100["output_tokens_per_second"] == 3200 and h100["requests_per_second"] == 50.0
@@ -635,23 +715,14 @@ def test_cost_cli_uses_a_measured_reference_of_the_same_model(tmp_path, capsys):
 def test_cost_cli_estimates_refuse_what_they_cannot_do(tmp_path, capsys):
     bench = _bench_results(tmp_path / "results.json", model="my-adapter")
     with pytest.raises(ConfigError, match="--params-b"):
-        _run(["cost", "--bench", str(bench), "--instance", "c7i.large", "--estimate-gpus"], capsys)
+        _run(["cost", "gpus", "--bench", str(bench), "--instance", "c7i.large"], capsys)
     with pytest.raises(ConfigError, match="measured on a CPU"):  # a CPU figure priced on a GPU instance
         _run(
-            [
-                "cost",
-                "--bench",
-                str(bench),
-                "--instance",
-                "g5.xlarge",
-                "--estimate-gpus",
-                "--params-b",
-                "0.1",
-            ],
+            ["cost", "gpus", "--bench", str(bench), "--instance", "g5.xlarge", "--params-b", "0.1"],
             capsys,
         )
     # no --instance: estimates only, for a model given by size
-    argv = ["cost", "--estimate-gpus", "--params-b", "7.25", "--concurrency", "256", "--top", "3"]
+    argv = ["cost", "gpus", "--params-b", "7.25", "--concurrency", "256", "--top", "3"]
     code, payload = _run([*argv, "--out", str(tmp_path)], capsys)
     assert code == 0 and payload["measured_serving"] is None and len(payload["estimated_serving"]) == 3
     assert "Estimated serving cost" in (tmp_path / "cost.md").read_text()
@@ -660,7 +731,7 @@ def test_cost_cli_estimates_refuse_what_they_cannot_do(tmp_path, capsys):
 def test_cost_cli_footnotes_number_the_estimated_rows_only(tmp_path, capsys):
     """A serving rate given with --rps is an estimate too, but its basis is printed in its own row: the
     footnotes [1]..[n] belong to the estimated GPU rows, in order."""
-    argv = ["cost", "--rps", "10", "--instance", "runpod-h100-sxm", "--estimate-gpus", "--params-b", "7.25"]
+    argv = ["cost", "gpus", "--rps", "10", "--instance", "runpod-h100-sxm", "--params-b", "7.25"]
     from tuneforge.cost.cli import register
 
     parser = argparse.ArgumentParser()
@@ -675,3 +746,150 @@ def test_cost_cli_footnotes_number_the_estimated_rows_only(tmp_path, capsys):
     for k, (line, row) in enumerate(zip(table[1:], rows, strict=True), 1):
         assert line.split()[1] == row["instance"] and line.rstrip().endswith(f"[{k}]")
         assert f"  [{k}] {row['instance']}: " in printed
+
+
+# --------------------------------------------------------------------------- sub-commands and tables
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tuneforge.cost.cli import register
+
+    parser = argparse.ArgumentParser(prog="tuneforge")
+    register(parser.add_subparsers())
+    return parser
+
+
+def test_cost_compare_and_catalog_print_a_table_then_one_json_line(tmp_path, capsys):
+    configs = tmp_path / "configs.yaml"
+    configs.write_text(
+        "configs:\n  - {instance: g5.xlarge, training_hours: 2, requests_per_second: 4}\n"
+        "  - {instance: c7i.large, training_hours: 20, requests_per_second: 0.5, name: cpu}\n"
+    )
+    code, payload = _run(["cost", "compare", str(configs), "--out", str(tmp_path)], capsys)
+    assert code == 0 and [c["name"] for c in payload["configs"]] == ["g5.xlarge", "cpu"]
+    assert payload["configs"][0]["training_cost_usd"] == pytest.approx(2.012)
+    assert (tmp_path / "cost.md").is_file()
+    configs.write_text("instance: g5.xlarge\n")
+    with pytest.raises(ConfigError, match=r"^cost compare .*: expected a list of configurations"):
+        _run(["cost", "compare", str(configs)], capsys)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("instances:\n  - {provider: me, name: box, on_demand_usd_per_hour: 0.25, vcpus: 8}\n")
+    args = _parser().parse_args(["cost", "catalog", "--catalog", str(mine)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    payload = json.loads(printed[-1])
+    assert "box" in payload["instances"] and "p5.48xlarge" in payload["instances"]
+    assert payload["files"] == ["builtin catalog.yaml", str(mine)]
+    assert printed[0].split() == ["name", "provider", "GPU", "vCPU", "USD/h", "spot", "date"]
+    assert next(line for line in printed if line.startswith("box ")).split() == [
+        "box",
+        "me",
+        "-",
+        "8",
+        "0.25",
+        "-",
+        "-",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["instance", "g5.xlarge", "--top", "3"], "unrecognized arguments: --top 3"),
+        (["instance", "g5.xlarge", "--params-b", "7"], "unrecognized arguments: --params-b 7"),
+        (["instance", "g5.xlarge", "--instance", "c7i.large"], "unrecognized arguments: --instance"),
+        (
+            ["instance", "g5.xlarge", "--bench", "r.json", "--rps", "1"],
+            "--rps: not allowed with argument --bench",
+        ),
+        (
+            ["instance", "g5.xlarge", "--bench", "r.json", "--tok-s", "9"],
+            "--tok-s: not allowed with argument --bench",
+        ),
+        (
+            ["instance", "g5.xlarge", "--hours", "1", "--mlflow-run-id", "x"],
+            "not allowed with argument --hours",
+        ),
+        (["instance", "g5.xlarge", "--level", "0"], "argument --level: goes with --bench"),
+        (["instance", "g5.xlarge", "--gpu-count", "0"], "argument --gpu-count: goes with --price-per-hour"),
+        (["instance", "g5.xlarge", "--log-to-run"], "argument --log-to-run: goes with --mlflow-run-id"),
+        (["instance", "g5.xlarge", "--gpu", "A10-24GB"], "argument --gpu: goes with --price-per-hour"),
+        (["instance"], "required: NAME"),
+        (["gpus", "--params-b", "7", "r.json"], "unrecognized arguments: r.json"),
+        (["gpus", "--compare", "c.yaml"], "unrecognized arguments: --compare"),
+        (["gpus", "--measured-on", "cpu"], "argument --measured-on: goes with --bench"),
+        (["compare", "c.yaml", "--instance", "g5.xlarge"], "unrecognized arguments: --instance"),
+        (["compare", "c.yaml", "--rps", "1"], "unrecognized arguments: --rps"),
+        (["compare", "c.yaml", "--spot"], "unrecognized arguments: --spot"),
+        (["compare"], "required: FILE"),
+        (["catalog", "--bench", "r.json"], "unrecognized arguments: --bench"),
+        (["catalog", "--hours", "2"], "unrecognized arguments: --hours"),
+        (["catalog", "--out", "runs/cost"], "unrecognized arguments: --out"),
+        (["--list"], "--list is now `tuneforge cost catalog`"),
+        (["--compare", "c.yaml"], "--compare is now `tuneforge cost compare FILE`"),
+        (["--instance", "g5.xlarge", "--hours", "3"], "--instance is now `tuneforge cost instance NAME"),
+        (["--estimate-gpus"], "--estimate-gpus is now `tuneforge cost gpus"),
+    ],
+)
+def test_each_subcommand_refuses_the_options_of_the_others(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(["cost", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cost_alone_prints_the_subcommands_and_exits_2(capsys):
+    args = _parser().parse_args(["cost"])
+    assert args.func(args) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.startswith("usage: tuneforge cost")
+    for sub in ("instance", "gpus", "compare", "catalog"):
+        assert f"tuneforge cost {sub}" in printed.err
+
+
+def test_several_instances_are_compared_and_one_is_broken_down(tmp_path, capsys):
+    argv = ["cost", "instance", "g5.xlarge,c7i.large", "--hours", "2", "--rps", "1", "--out", str(tmp_path)]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:2] == ["configuration", "instance"]
+    assert printed[1].startswith("g5.xlarge ") and printed[2].startswith("c7i.large ")
+    assert [c["training_cost_usd"] for c in json.loads(printed[-1])["configs"]] == pytest.approx(
+        [2.012, 0.1785]
+    )
+    with pytest.raises(ConfigError, match="--price-per-hour prices one machine"):
+        _run([*argv, "--price-per-hour", "1"], capsys)
+    _, payload = _run(["cost", "instance", "my-box", "--price-per-hour", "0.5", "--rps", "1"], capsys)
+    assert payload["instance"] == "my-box" and payload["usd_per_hour"] == 0.5
+    with pytest.raises(ConfigError, match="one instance"):
+        _run(["cost", "gpus", "--instance", "g5.xlarge,c7i.large", "--params-b", "7"], capsys)
+
+
+LONG = "x" * 300
+
+
+def test_a_long_cell_stays_on_one_line_when_piped_to_a_narrow_terminal(capsys):
+    from tuneforge.tables import print_pairs, print_table
+
+    print_table([{"a": "1", "how": LONG}, {"a": "[1]", "how": "[bold]b"}], title="t")
+    print_pairs([("source", LONG), ("k", "v")])
+    assert capsys.readouterr().out.splitlines() == [
+        "t",
+        "a    how",
+        f"1    {LONG}",
+        "[1]  [bold]b",  # cells are text, not markup
+        f"source  {LONG}",
+        "k       v",
+    ]
+    code = (
+        "from tuneforge.tables import print_table, print_pairs\n"
+        f"print_table([{{'instance': 'g5', 'how': {LONG!r}}}, {{'instance': 'p5.48xlarge', 'how': 'b'}}])\n"
+        f"print_pairs([('note', {LONG!r} + ' end')])"
+    )
+    env = {"COLUMNS": "20", "PATH": "/usr/bin:/bin", "FORCE_COLOR": "1", "TERM": "xterm-256color"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines() == [
+        "instance     how",
+        f"g5           {LONG}",
+        "p5.48xlarge  b",
+        f"note  {LONG} end",
+    ]

@@ -4,7 +4,6 @@ benchmarks/mutation.sh found untested)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 
@@ -77,7 +76,7 @@ def test_an_analysis_reports_every_figure_with_its_basis():
         training_hours=2.0,
         throughput=Throughput(2.0, 100.0, "measured", "bench.json", "gpu:REF-80GB"),
     )
-    assert out["instance"] == {**dataclasses.asdict(a.instance("ref-1")), "gpu_family": "REF"}
+    assert out["instance"] == {**a.instance("ref-1").model_dump(), "gpu_family": "REF"}
     assert out["pricing"] == {
         "usd_per_hour": 4.0,
         "spot": False,

@@ -44,6 +44,10 @@ PURE = [
     "tuneforge.cost.report",
     "tuneforge.report_files",
     "tuneforge.cost.cli",
+    "tuneforge.cost.commands",
+    "tuneforge.cost.inputs",
+    "tuneforge.cost.estimate_cli",
+    "tuneforge.tables",
     "tuneforge.cli",
 ]
 

@@ -9,7 +9,7 @@
     tuneforge compare configs/demo-cpu.yaml --adapter runs/demo-cpu/adapter   # base vs fine-tuned
     tuneforge serve smollm2-135m-instruct --adapter demo=runs/demo-cpu/adapter   # HTTP: SSE, OpenAI
     tuneforge bench --url http://127.0.0.1:8000 --concurrency 1,4,16   # latency percentiles, throughput
-    tuneforge cost --instance g6.xlarge --rps 2 --hours 1.5   # training and serving cost
+    tuneforge cost instance g6.xlarge --rps 2 --hours 1.5   # training and serving cost
     tuneforge estimate configs/llama3-8b-qlora.yaml       # memory, time and cost before training
     tuneforge config show configs/demo-cpu.yaml training.learning_rate=1e-4
 

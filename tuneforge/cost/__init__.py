@@ -1,7 +1,7 @@
 """Cost stage: what a training run and a served model cost on cloud instances, and a pre-flight estimate.
 
-    tuneforge cost --instance p5.48xlarge --hours 3.5 --bench runs/bench/results.json
-    tuneforge cost --instance c7i.large --bench runs/bench/results.json --estimate-gpus   # + GPU estimates
+    tuneforge cost instance p5.48xlarge --hours 3.5 --bench runs/bench/results.json
+    tuneforge cost gpus --instance c7i.large --bench runs/bench/results.json   # + GPU estimates
     tuneforge estimate configs/llama3-8b-qlora.yaml
 
 catalog.yaml holds instance prices (with dates and sources), GPU memory bandwidths and reference

@@ -27,7 +27,7 @@ GPU instance, nor a GPU measurement on a CPU instance: that is an error, not a f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.cost.catalog import Catalog, Instance, load_catalog
@@ -188,7 +188,7 @@ class CostAnalyzer:
         if not inst.host_included:
             notes.append(f"{inst.provider} bills CPU and memory on top of this price; they are not included")
         out: dict[str, Any] = {
-            "instance": {**asdict(inst), "gpu_family": inst.gpu_family},
+            "instance": {**inst.model_dump(), "gpu_family": inst.gpu_family},
             "pricing": {
                 "usd_per_hour": rate,
                 "spot": spot,

@@ -4,8 +4,12 @@
     catalog = load_catalog(["my-prices.yaml"])      # the shipped catalog.yaml, then yours (yours wins)
     catalog.get("g5.xlarge").on_demand_usd_per_hour
 
-A user file has the shape of catalog.yaml (any of its sections). A bad entry fails with the file, the
-entry and the field named; an unknown instance name fails with the closest names.
+A user file has the shape of catalog.yaml (any of its sections). Each entry is a frozen pydantic model:
+types are strict (a number is not text, 1.5 is not a whole number, "3" is not a number; a YAML date such
+as 2025-06-05 is read as the text "2025-06-05"), bounds are declared on the fields, unknown fields are
+refused, and the rules across fields are model validators. A bad entry fails with the file, the entry and
+the field named (an unknown field with the closest valid one); an unknown instance name fails with the
+closest names.
 
 Sections: `instances` (prices), `gpus` (memory and memory bandwidth of each GPU model, for serving
 estimates), `training_references`, `serving_references` (measured throughputs; tuneforge.cost.serving scales
@@ -14,40 +18,74 @@ them to other GPUs and model sizes) and `qlora_throughput_factor`.
 
 from __future__ import annotations
 
-import dataclasses
+import datetime
 import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tuneforge.errors import ConfigError
 
 BUILTIN = "catalog.yaml"
 SECTIONS = ("instances", "gpus", "training_references", "serving_references", "qlora_throughput_factor")
+LOADER_FIELDS = ("origin",)  # set by the loader, never by a catalog file
+CUSTOM_FLAGS = {  # the fields of `custom_instance` as the command line names them
+    "on_demand_usd_per_hour": "--price-per-hour",
+    "gpu": "--gpu",
+    "gpu_count": "--gpu-count",
+    "gpu_memory_gb": "--gpu-memory-gb",
+    "vcpus": "--vcpus",
+    "memory_gb": "--memory-gb",
+}
+QLORA_FACTOR = TypeAdapter(Annotated[float, Field(gt=0, le=1, strict=True, allow_inf_nan=False)])
 
 
-@dataclass(frozen=True)
-class Instance:
+class _Entry(BaseModel):
+    """One catalog entry: strict types, declared bounds, no unknown fields, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _dates_are_text(cls, value: Any) -> Any:
+        """YAML reads an unquoted 2025-06-05 as a date: it is the text "2025-06-05"."""
+        return str(value) if isinstance(value, datetime.date) else value
+
+
+class Instance(_Entry):
     provider: str
     """aws, gcp, azure, lambda, runpod, modal, or anything for your own machines."""
     name: str
-    """What --instance takes; unique in the catalog."""
-    on_demand_usd_per_hour: float
+    """What `tuneforge cost instance NAME` and --instance take; unique in the catalog."""
+    on_demand_usd_per_hour: PositiveFloat
     """List price of the whole instance, USD per hour."""
     gpu: str | None = None
     """GPU model, family first (H100-SXM-80GB); None for a CPU machine."""
-    gpu_count: int = 0
+    gpu_count: NonNegativeInt = 0
     """GPUs in the instance."""
-    gpu_memory_gb: float | None = None
+    gpu_memory_gb: PositiveFloat | None = None
     """Memory per GPU, GB."""
-    vcpus: int | None = None
+    vcpus: Annotated[int, Field(ge=1)] | None = None
     """Host vCPUs (None where the provider does not fix them)."""
-    memory_gb: float | None = None
+    memory_gb: PositiveFloat | None = None
     """Host RAM, GB."""
-    spot_usd_per_hour: float | None = None
+    spot_usd_per_hour: PositiveFloat | None = None
     """Spot / interruptible price, or None."""
     host_included: bool = True
     """False where CPU and memory are billed on top of this price (Modal)."""
@@ -61,6 +99,17 @@ class Instance:
     """How sure the price is, and what it leaves out."""
     origin: str = "builtin"
     """The catalog file the entry came from."""
+
+    @model_validator(mode="after")
+    def _gpu_fields_agree(self) -> Instance:
+        if (self.gpu is None) != (self.gpu_count == 0):
+            raise ValueError(
+                f"field 'gpu_count' must be 0 exactly when 'gpu' is null, got gpu={self.gpu!r}, "
+                f"gpu_count={self.gpu_count}"
+            )
+        if self.gpu is not None and self.gpu_memory_gb is None:
+            raise ValueError("field 'gpu_memory_gb' is required for a GPU instance")
+        return self
 
     @property
     def gpu_family(self) -> str | None:
@@ -92,17 +141,16 @@ class Instance:
         return f"{self.provider} {self.name} ({hw}{host})"
 
 
-@dataclass(frozen=True)
-class TrainingReference:
+class TrainingReference(_Entry):
     gpu: str
     """GPU family the figure was measured on (H100, A100)."""
-    tokens_per_s: float
+    tokens_per_s: PositiveFloat
     """Training tokens per second per GPU."""
-    params_b: float
+    params_b: PositiveFloat
     """Parameters of the model it was measured with, in billions."""
     method: str = "lora"
     """lora or qlora."""
-    peak_memory_gb: float | None = None
+    peak_memory_gb: PositiveFloat | None = None
     """Peak GPU memory of that run."""
     setup: str = ""
     """Model, sequence length, batch, precision, software."""
@@ -110,13 +158,12 @@ class TrainingReference:
     """Who measured it and where it is recorded."""
 
 
-@dataclass(frozen=True)
-class GpuSpec:
+class GpuSpec(_Entry):
     name: str
     """GPU model as instances name it (H100-SXM-80GB); matched case-insensitively."""
-    memory_bandwidth_gbps: float
+    memory_bandwidth_gbps: PositiveFloat
     """Memory bandwidth from the vendor's spec sheet, GB/s (10^9 bytes per second)."""
-    memory_gb: float
+    memory_gb: PositiveFloat
     """Memory of one GPU, GB, as the spec sheet gives it."""
     source: str
     """Where the figures come from (a URL or document)."""
@@ -126,42 +173,53 @@ class GpuSpec:
     """The catalog file the entry came from."""
 
 
-@dataclass(frozen=True)
-class ServingReference:
+class ServingReference(_Entry):
     """One measured serving throughput: what served what, how hard it was loaded, and how fast it went."""
 
     model: str
     """Model name or shape (Mistral-7B shape, HuggingFaceTB/SmolLM2-135M-Instruct)."""
-    params_b: float
+    params_b: PositiveFloat
     """Its parameters, billions."""
-    gpu: str | None
+    gpu: str | None = None
     """GPU model it ran on, as in `gpus` (H100-SXM-80GB); null for a CPU measurement (never scaled)."""
     dtype: str
     """Weights as served: bf16, fp16, awq-4bit."""
     engine: str
     """Serving engine (vLLM)."""
-    engine_version: str | None
+    engine_version: str | None = None
     """Its version (0.26.0)."""
-    concurrency: int
+    concurrency: int = Field(ge=1)
     """Requests in flight (the batch of an offline run)."""
-    input_len: int | None
+    input_len: NonNegativeInt | None = None
     """Prompt tokens per request."""
-    output_len: int | None
+    output_len: NonNegativeInt | None = None
     """Generated tokens per request (with ignore_eos, every request generates exactly this many)."""
-    request_throughput_rps: float | None
+    request_throughput_rps: PositiveFloat | None = None
     """Completed requests per second."""
-    output_tokens_per_s: float | None
+    output_tokens_per_s: PositiveFloat | None = None
     """Generated tokens per second, all requests together."""
-    date: str | None
+    date: str | None = None
     """When it was measured (YYYY-MM-DD)."""
     source: str
     """Who measured it and where it is recorded."""
-    ms_per_token: float | None = None
+    ms_per_token: PositiveFloat | None = None
     """Per-stream decode time, at concurrency 1."""
-    gpu_count: int = 1
+    gpu_count: int = Field(1, ge=1)
     """GPUs the figure was measured on (the estimate divides by it)."""
     setup: str = ""
     """Anything else: weights (random or real), offline or server, kernels."""
+
+    @model_validator(mode="after")
+    def _has_a_throughput(self) -> ServingReference:
+        if (
+            self.request_throughput_rps is None
+            and self.output_tokens_per_s is None
+            and self.ms_per_token is None
+        ):
+            raise ValueError(
+                "give 'request_throughput_rps' or 'output_tokens_per_s' (or 'ms_per_token' at concurrency 1)"
+            )
+        return self
 
     def throughputs(self) -> tuple[float | None, float | None]:
         """(requests/s, output tokens/s), each derived from the other through output_len when missing."""
@@ -211,7 +269,7 @@ class Catalog:
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
-            f"unknown instance type '{name}'{hint} (`tuneforge cost --list` shows the catalog; "
+            f"unknown instance type '{name}'{hint} (`tuneforge cost catalog` shows the catalog; "
             "--price-per-hour prices a machine of your own)"
         )
 
@@ -235,82 +293,52 @@ def _closest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid fields: {', '.join(valid)}"
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+RULES = {
+    "float_type": "must be a number",
+    "int_type": "must be a whole number",
+    "bool_type": "must be true or false",
+    "string_type": "must be text (quote it in YAML)",
+    "finite_number": "must be a finite number",
+    "greater_than": "must be > {gt:g}",
+    "greater_than_equal": "must be >= {ge:g}",
+}
 
 
-def _check_entry(cls, raw: Any, where: str, origin: str):
-    """Build a `cls` from a mapping, naming the field at fault in every error."""
+def _unknown(key: str, cls: type[BaseModel]) -> str:
+    valid = [n for n in cls.model_fields if n not in LOADER_FIELDS]
+    return f"unknown field '{key}'{_closest(key, valid)}"
+
+
+def config_error(err: ValidationError, where: str, cls: type[BaseModel], labels: dict | None = None):
+    """The ConfigError for the first problem of `err` (an unknown field first, then a missing one): `where`,
+    the field (or its label, e.g. a command-line flag), what it must be and what it got."""
+    e = min(err.errors(), key=lambda e: {"extra_forbidden": 0, "missing": 1}.get(e["type"], 2))
+    if not e["loc"]:  # a rule across fields (a model validator): its message names them
+        return ConfigError(f"{where}: {e['ctx']['error'] if 'error' in e.get('ctx', {}) else e['msg']}")
+    key, value = str(e["loc"][0]), e.get("input")
+    if e["type"] == "extra_forbidden":
+        return ConfigError(f"{where}: {_unknown(key, cls)}")
+    name, spec = (labels or {}).get(key, f"field '{key}'"), cls.model_fields[key]
+    if e["type"] == "missing" or (value is None and spec.is_required()):
+        return ConfigError(f"{where}: {name} is required")
+    if value is None:
+        return ConfigError(f"{where}: {name} must not be null")
+    rule = RULES[e["type"]].format(**e.get("ctx", {})) if e["type"] in RULES else e["msg"]
+    nullable = not spec.is_required() and spec.default is None
+    return ConfigError(f"{where}: {name} {rule}{' or null' if nullable else ''}, got {value!r}")
+
+
+def _entry(cls: type[_Entry], raw: Any, where: str, origin: str, labels: dict | None = None):
+    """A `cls` from one mapping of a catalog file, or a ConfigError naming `where` and the field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "origin"}
-    required = [
-        n
-        for n, f in fields.items()
-        if f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-        and "None" not in str(f.type)
-    ]
     for key in raw:
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown field '{key}'{_closest(str(key), list(fields))}")
-    for key in required:
-        if raw.get(key) is None:
-            raise ConfigError(f"{where}: field '{key}' is required")
-    for key, f in fields.items():  # nullable fields without a default may be left out
-        if key not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raw = {**raw, key: None}
-    values = dict(raw)
-    for key, value in raw.items():
-        hint = str(fields[key].type)
-        if value is None:
-            if "None" not in hint:
-                raise ConfigError(f"{where}: field '{key}' must not be null")
-            continue
-        if "float" in hint:
-            if not _is_number(value):
-                raise ConfigError(f"{where}: field '{key}' must be a number, got {value!r}")
-            if value < 0 or (
-                key.endswith(("per_hour", "per_s", "rps", "params_b", "gbps", "memory_gb")) and value <= 0
-            ):
-                raise ConfigError(f"{where}: field '{key}' must be > 0, got {value!r}")
-        elif "int" in hint:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{where}: field '{key}' must be a whole number >= 0, got {value!r}")
-        elif "bool" in hint:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: field '{key}' must be true or false, got {value!r}")
-        elif "str" in hint:
-            values[key] = str(value)  # YAML reads 2025-06-05 as a date
-    if "origin" in {f.name for f in dataclasses.fields(cls)}:
-        values["origin"] = origin
-    return cls(**values)
-
-
-def _check_instance(raw: Any, where: str, origin: str) -> Instance:
-    inst = _check_entry(Instance, raw, where, origin)
-    if (inst.gpu is None) != (inst.gpu_count == 0):
-        raise ConfigError(
-            f"{where}: field 'gpu_count' must be 0 exactly when 'gpu' is null, got gpu={inst.gpu!r}, "
-            f"gpu_count={inst.gpu_count}"
-        )
-    if inst.gpu is not None and not inst.gpu_memory_gb:
-        raise ConfigError(f"{where}: field 'gpu_memory_gb' is required for a GPU instance")
-    if inst.vcpus == 0:
-        raise ConfigError(f"{where}: field 'vcpus' must be >= 1 or null")
-    return inst
-
-
-def _check_serving(raw: Any, where: str, origin: str) -> ServingReference:
-    ref = _check_entry(ServingReference, raw, where, origin)
-    if ref.request_throughput_rps is None and ref.output_tokens_per_s is None and ref.ms_per_token is None:
-        raise ConfigError(
-            f"{where}: give 'request_throughput_rps' or 'output_tokens_per_s' "
-            "(or 'ms_per_token' at concurrency 1)"
-        )
-    if ref.concurrency < 1 or ref.gpu_count < 1:
-        raise ConfigError(f"{where}: fields 'concurrency' and 'gpu_count' must be >= 1")
-    return ref
+        if key in LOADER_FIELDS:  # set by the loader: unknown to a file
+            raise ConfigError(f"{where}: {_unknown(key, cls)}")
+    try:
+        return cls.model_validate({**raw, "origin": origin} if "origin" in cls.model_fields else raw)
+    except ValidationError as e:
+        raise config_error(e, where, cls, labels) from None
 
 
 def parse_catalog(data: Any, origin: str, into: Catalog | None = None) -> Catalog:
@@ -327,17 +355,17 @@ def parse_catalog(data: Any, origin: str, into: Catalog | None = None) -> Catalo
     for i, raw in enumerate(data.get("instances") or []):
         name = raw.get("name") if isinstance(raw, dict) else None
         where = f"{origin}: instances[{i}]" + (f" ({name})" if name else "")
-        inst = _check_instance(raw, where, origin)
+        inst = _entry(Instance, raw, where, origin)
         if inst.name in seen:
             raise ConfigError(f"{where}: field 'name': '{inst.name}' appears twice in this file")
         seen.add(inst.name)
         catalog.instances[inst.name] = inst
     for i, raw in enumerate(data.get("gpus") or []):
         name = raw.get("name") if isinstance(raw, dict) else None
-        spec = _check_entry(GpuSpec, raw, f"{origin}: gpus[{i}]" + (f" ({name})" if name else ""), origin)
+        spec = _entry(GpuSpec, raw, f"{origin}: gpus[{i}]" + (f" ({name})" if name else ""), origin)
         catalog.gpus[spec.name.upper()] = spec
     training = [
-        _check_entry(TrainingReference, raw, f"{origin}: training_references[{i}]", origin)
+        _entry(TrainingReference, raw, f"{origin}: training_references[{i}]", origin)
         for i, raw in enumerate(data.get("training_references") or [])
     ]
     if training:
@@ -347,7 +375,7 @@ def parse_catalog(data: Any, origin: str, into: Catalog | None = None) -> Catalo
         ]
         catalog.training_references.extend(training)
     serving = [
-        _check_serving(raw, f"{origin}: serving_references[{i}]", origin)
+        _entry(ServingReference, raw, f"{origin}: serving_references[{i}]", origin)
         for i, raw in enumerate(data.get("serving_references") or [])
     ]
     if serving:
@@ -356,9 +384,12 @@ def parse_catalog(data: Any, origin: str, into: Catalog | None = None) -> Catalo
         catalog.serving_references.extend(serving)
     if "qlora_throughput_factor" in data:
         factor = data["qlora_throughput_factor"]
-        if not _is_number(factor) or not 0 < factor <= 1:
-            raise ConfigError(f"{origin}: qlora_throughput_factor must be a number in (0, 1], got {factor!r}")
-        catalog.qlora_throughput_factor = float(factor)
+        try:
+            catalog.qlora_throughput_factor = float(QLORA_FACTOR.validate_python(factor))
+        except ValidationError:
+            raise ConfigError(
+                f"{origin}: qlora_throughput_factor must be a number in (0, 1], got {factor!r}"
+            ) from None
     catalog.files.append(origin)
     return catalog
 
@@ -394,14 +425,12 @@ def custom_instance(
     vcpus: int | None = None,
     memory_gb: float | None = None,
 ) -> Instance:
-    """A machine of your own at a given price (`--price-per-hour`)."""
-    if not _is_number(usd_per_hour) or usd_per_hour <= 0:
-        raise ConfigError(f"--price-per-hour must be > 0, got {usd_per_hour!r}")
+    """A machine of your own at a given price (`--price-per-hour`); a bad value names its flag."""
     count = gpu_count if gpu_count is not None else (1 if gpu else 0)
     raw = {
         "provider": "custom",
         "name": name,
-        "on_demand_usd_per_hour": float(usd_per_hour),
+        "on_demand_usd_per_hour": usd_per_hour,
         "gpu": gpu,
         "gpu_count": count,
         "gpu_memory_gb": gpu_memory_gb if gpu else None,
@@ -413,4 +442,4 @@ def custom_instance(
     if gpu and not gpu_memory_gb:
         raw["gpu_memory_gb"] = 80.0 if "80" in gpu else 24.0
         raw["note"] += f"; GPU memory assumed {raw['gpu_memory_gb']:g} GB"
-    return _check_instance(raw, f"custom instance '{name}'", "command line")
+    return _entry(Instance, raw, f"custom instance '{name}'", "command line", CUSTOM_FLAGS)

@@ -6,7 +6,7 @@ instance, split by resource). Imports no torch.
 
 Every cost shows whether it is measured or estimated, and from what; the breakdown shows the GPU, CPU
 and memory shares of the hourly price, of the training cost and of the cost per 1,000 requests. With
-`serving_estimates` (tuneforge cost --estimate-gpus) a second table lists the measured serving cost and the
+`serving_estimates` (tuneforge cost gpus) a second table lists the measured serving cost and the
 estimated ones on GPU instances, each labelled with how it was reached.
 """
 

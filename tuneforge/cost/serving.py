@@ -1,6 +1,6 @@
 """Estimated serving throughput and cost on GPU instances, from measured references. Imports no torch.
 
-    tuneforge cost --bench runs/bench/results.json --instance c7i.large --estimate-gpus --top 8
+    tuneforge cost gpus --bench runs/bench/results.json --instance c7i.large --top 8
 
     from tuneforge.cost.serving import estimate_serving_throughput
     est = estimate_serving_throughput(0.135, "A10G-24GB", load_catalog(), concurrency=16)
