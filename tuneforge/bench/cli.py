@@ -135,7 +135,8 @@ def log_to_mlflow(results: dict[str, Any], out: Path, run_id: str, tracking_uri:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tuneforge.bench.report import format_table, generate_benchmark_report, summary_line, table_rows
+    from tuneforge.bench.report import generate_benchmark_report, summary_line, table_rows
+    from tuneforge.tables import print_table
 
     if args.requests is None and args.duration is None:
         args.requests = 100
@@ -172,7 +173,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     generate_benchmark_report(results, out)
-    print(format_table(table_rows(results)))
+    if results["runs"]:
+        print_table(table_rows(results))
+    else:
+        print("(no runs)")
     print(f"report     {out / 'report.html'} (also report.md, results.json)")
     if args.mlflow_run_id:
         log_to_mlflow(results, out, args.mlflow_run_id, args.tracking_uri)

@@ -111,17 +111,6 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def format_table(rows: list[dict[str, str]]) -> str:
-    """A fixed-width text table for the terminal."""
-    if not rows:
-        return "(no runs)"
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in rows]
-    return "\n".join(lines)
-
-
 def summary_line(results: dict[str, Any]) -> dict[str, Any]:
     """The compact payload of the final JSON line: per run, counts, throughputs and latency percentiles."""
     runs = []

@@ -13,17 +13,14 @@ from tuneforge.config import Recipe
 def _eval_output(recipe: Recipe, results: dict, title: str, adapter: str | None) -> Path:
     from tuneforge.eval.report import generate_report, metric_rows
     from tuneforge.eval.workflow import log_to_mlflow
+    from tuneforge.tables import print_table
 
     out = Path(recipe.eval.output_dir or Path(recipe.training.output_dir) / "eval")
     generate_report(results, out, title)
     comparing = "finetuned" in results
-    print(
-        f"{'metric':<14} {'base':>10} {'fine-tuned':>11} {'difference':>11}"
-        if comparing
-        else f"{'metric':<14} {'value':>10}"
-    )
-    for name, *values in metric_rows(results):
-        print(f"{name:<14} " + " ".join(f"{v:>10}" for v in (values if comparing else values[:1])))
+    columns = ("base", "fine-tuned", "difference") if comparing else ("value",)
+    rows = [(name, *values[: len(columns)]) for name, *values in metric_rows(results)]
+    print_table([dict(zip(("metric", *columns), row, strict=True)) for row in rows])
     run_folder = Path(adapter).parent if adapter else Path(recipe.training.output_dir)
     run_id = log_to_mlflow(results, out, run_folder)
     print(f"report     {out / 'report.html'} (also report.md, results.json)")
