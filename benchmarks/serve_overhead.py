@@ -46,8 +46,11 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
+            r = httpx.get(url, timeout=5)
+            if r.status_code == 200:
                 return
+            if r.status_code == 503 and "failed" in r.text:  # tuneforge's /ready: the model did not load
+                raise RuntimeError(f"server failed to load its model: {r.text[:500]}")
         except httpx.TransportError:
             pass
         time.sleep(1)

@@ -12,13 +12,9 @@ from tuneforge.config import (
     Recipe,
     SamplingParams,
     TrainingConfig,
-    all_keys,
-    field_docs,
-    flatten,
-    load_recipe,
-    recipe_to_dict,
 )
 from tuneforge.errors import ConfigError
+from tuneforge.recipes import all_keys, field_docs, flatten, load_recipe, recipe_to_dict
 
 
 def write(tmp_path, text: str, name: str = "recipe.yaml"):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.config import load_recipe
 from tuneforge.cost.analyzer import CostAnalyzer, Throughput
 from tuneforge.cost.catalog import custom_instance, load_catalog
 from tuneforge.cost.estimate import KNOWN_SHAPES, ModelShape, estimate_memory, estimate_recipe
 from tuneforge.errors import ConfigError
+from tuneforge.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA2 = KNOWN_SHAPES["meta-llama/Llama-2-7b-hf"]

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tuneforge.config import load_recipe
 from tuneforge.data.size import training_split_tokens
 from tuneforge.errors import DatasetError
+from tuneforge.recipes import load_recipe
 
 
 def recipe(tmp_path, train_file, fraction=0.25):

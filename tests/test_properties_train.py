@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from transformers import TrainerCallback
 
-from tuneforge.config import LoRAConfig, QuantizationConfig, Recipe, TrainingConfig, flatten, recipe_to_dict
+from tuneforge.config import LoRAConfig, QuantizationConfig, Recipe, TrainingConfig
+from tuneforge.recipes import flatten, recipe_to_dict
 from tuneforge.tracking import ExperimentTracker
 from tuneforge.train.builders import build_lora_config
 from tuneforge.train.trainer import LoRATrainer

@@ -9,6 +9,7 @@ import pytest
 
 PURE = [
     "tuneforge.config",
+    "tuneforge.recipes",
     "tuneforge.models.speed_plan",
     "tuneforge.errors",
     "tuneforge.data.formats",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from tuneforge.config import load_recipe
+from tuneforge.recipes import load_recipe
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 

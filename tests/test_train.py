@@ -13,8 +13,9 @@ from conftest import quiet_training
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
-from tuneforge.config import LoRAConfig, TrainingConfig, all_keys, load_recipe
+from tuneforge.config import LoRAConfig, TrainingConfig
 from tuneforge.errors import ModelLoadError
+from tuneforge.recipes import all_keys, load_recipe
 from tuneforge.train.callbacks import DivergenceCallback
 from tuneforge.train.checkpoints import last_good_checkpoint
 from tuneforge.train.trainer import LoRATrainer, TrainingError, oom_advice, run_training

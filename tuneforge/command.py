@@ -9,7 +9,8 @@ import json
 import re
 from pathlib import Path
 
-from tuneforge.config import Recipe, load_recipe
+from tuneforge.config import Recipe
+from tuneforge.recipes import load_recipe
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+=")  # section.key=value

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tuneforge.config import all_keys, dump_recipe, load_recipe
+from tuneforge.recipes import all_keys, dump_recipe, load_recipe
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

@@ -41,11 +41,11 @@ def preflight(recipe) -> None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from tuneforge.config import load_recipe
     from tuneforge.cost.catalog import load_catalog
     from tuneforge.cost.estimate import estimate_recipe
     from tuneforge.cost.report import usd
     from tuneforge.data.size import training_split_tokens
+    from tuneforge.recipes import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     model_config, config_source = None, ""

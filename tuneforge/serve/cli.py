@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tuneforge.config import EMBEDDED_MODEL, MOVED, load_recipe
+from tuneforge.config import EMBEDDED_MODEL
 from tuneforge.errors import ConfigError
+from tuneforge.recipes import MOVED, load_recipe
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,6 @@ from tuneforge.config import (
     QuantizationConfig,
     Recipe,
     TrainingConfig,
-    dump_recipe,
-    flatten,
-    recipe_to_dict,
 )
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.loading import (
@@ -36,6 +33,7 @@ from tuneforge.models.loading import (
     tokenizer_for,
 )
 from tuneforge.models.speed_plan import SpeedPlan, plan_speed
+from tuneforge.recipes import dump_recipe, flatten, recipe_to_dict
 from tuneforge.train.builders import build_lora_config, choose_precision
 
 log = logging.getLogger(__name__)
