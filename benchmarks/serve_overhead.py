@@ -22,15 +22,9 @@ import time
 
 import httpx
 
-from tuneforge.bench.client import (
-    EngineTarget,
-    LoadSpec,
-    OpenAITarget,
-    run_load,
-    run_load_async,
-    synthetic_prompts,
-)
+from tuneforge.bench.client import LoadSpec, run_load, run_load_async, synthetic_prompts
 from tuneforge.bench.stats import summarize
+from tuneforge.bench.targets import EngineTarget, OpenAITarget
 from tuneforge.config import InferenceConfig, SamplingParams
 
 

@@ -15,16 +15,14 @@ import httpx
 import pytest
 
 from tuneforge.bench.client import (
-    EngineTarget,
-    GenerateTarget,
     LoadSpec,
-    OpenAITarget,
     dataset_prompts,
     poisson_arrivals,
     run_benchmark,
     synthetic_prompts,
 )
 from tuneforge.bench.stats import RequestRecord, distribution, percentile, summarize
+from tuneforge.bench.targets import EngineTarget, GenerateTarget, OpenAITarget
 from tuneforge.config import SamplingParams
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from tuneforge.errors import ModelLoadError
 from tuneforge.recipes import all_keys, load_recipe
 from tuneforge.train.callbacks import DivergenceCallback
 from tuneforge.train.checkpoints import last_good_checkpoint
-from tuneforge.train.trainer import LoRATrainer, TrainingError, oom_advice, run_training
+from tuneforge.train.trainer import LoRATrainer, TrainingError, oom_advice
+from tuneforge.train.workflow import run_training
 
 
 def recipe_for(tiny_model_dir, data_file, tmp_path, *overrides):

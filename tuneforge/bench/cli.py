@@ -63,7 +63,7 @@ def server_device(args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
 
 
 def build_target(args: argparse.Namespace):
-    from tuneforge.bench.client import EngineTarget, GenerateTarget, OpenAITarget
+    from tuneforge.bench.targets import EngineTarget, GenerateTarget, OpenAITarget
 
     if args.in_process:
         from tuneforge.config import InferenceConfig, SamplingParams

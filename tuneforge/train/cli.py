@@ -9,7 +9,7 @@ from tuneforge.command import add_target, json_line, recipe_for
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tuneforge.train.trainer import is_main_process, run_training
+    from tuneforge.train.workflow import is_main_process, run_training
 
     recipe = recipe_for(args.target, args.overrides)
     if is_main_process() and args.preflight is not None:

@@ -1,19 +1,15 @@
-"""LoRATrainer and the `tuneforge train` workflow.
-
-    tuneforge train configs/demo-cpu.yaml training.max_steps=20
+"""LoRATrainer: load a base model, add LoRA (or QLoRA) adapters, train them, save and reload them.
 
 Built on transformers' Trainer and PEFT: gradient accumulation with correctly normalised loss, schedules,
 evaluation, checkpoints that restore optimizer, scheduler, RNG and data order. tuneforge adds the recipe,
 padding-free packing, MLflow tracking, divergence and Ctrl-C handling, checkpoint validation, and errors
-that say what to change.
+that say what to change. The whole `tuneforge train` (data, tracking, resume) is train/workflow.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +17,6 @@ from tuneforge.config import (
     LoRAConfig,
     ModelConfig,
     QuantizationConfig,
-    Recipe,
     TrainingConfig,
 )
 from tuneforge.errors import TuneforgeError
@@ -33,7 +28,6 @@ from tuneforge.models.loading import (
     tokenizer_for,
 )
 from tuneforge.models.speed_plan import SpeedPlan, plan_speed
-from tuneforge.recipes import dump_recipe, flatten, recipe_to_dict
 from tuneforge.train.builders import build_lora_config, choose_precision
 
 log = logging.getLogger(__name__)
@@ -369,111 +363,3 @@ def oom_advice(cfg: TrainingConfig, plan: SpeedPlan | None = None) -> str:
     if not cfg.use_quantization:
         tips.append("training.use_quantization=true (QLoRA: 4-bit base weights)")
     return "out of memory during training. Lower: " + "; ".join(tips)
-
-
-# --------------------------------------------------------------------------- the workflow
-
-
-def environment() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor()})"
-    return {
-        "env.python": platform.python_version(),
-        "env.torch": torch.__version__,
-        "env.transformers": transformers.__version__,
-        "env.peft": peft.__version__,
-        "env.device": device,
-        "env.cuda_devices": str(torch.cuda.device_count()),
-    }
-
-
-def is_main_process() -> bool:
-    """True outside distributed runs, and on rank 0 under torchrun / accelerate launch."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
-    """Prepare data, train, track: the whole `tuneforge train` (resume: auto, always or never).
-
-    Under `torchrun` / `accelerate launch` every rank runs this; only rank 0 writes files and tracks."""
-    from tuneforge.data import DatasetPreprocessor
-    from tuneforge.train.checkpoints import last_good_checkpoint
-
-    main = is_main_process()
-    run_dir = Path(recipe.training.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = last_good_checkpoint(run_dir) if resume != "never" else None
-    if resume == "always" and checkpoint is None:
-        raise TrainingError(f"--resume: {run_dir} has no complete checkpoint to resume from")
-
-    trainer = LoRATrainer(recipe.model.name_or_path, recipe.lora, recipe.model, recipe.quantization)
-    prepared = DatasetPreprocessor(trainer.load_tokenizer(), recipe.data).prepare()
-    if main:
-        prepared.save(run_dir / "data")
-        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    if recipe.training.auto_tune:
-        from tuneforge.train.speedups import use_expandable_segments
-
-        use_expandable_segments()  # before the first CUDA allocation
-    trainer.plan = trainer.make_plan(recipe.training, longest(prepared.train))
-    log.info("%s", trainer.plan.describe())
-
-    tracker = None
-    if recipe.tracking.enabled and main:
-        from tuneforge.tracking import ExperimentTracker, recorded_run_id
-
-        tracker = ExperimentTracker(recipe.tracking.tracking_uri)
-        previous = recorded_run_id(run_dir) if checkpoint is not None else None
-        data_stats = {k: v for k, v in prepared.stats.items() if k not in ("config", "invalid_ids")}
-        params = {
-            **flatten(recipe_to_dict(recipe)),
-            **environment(),
-            **flatten(data_stats, "dataset."),
-            **trainer.plan.params(),
-        }
-        tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
-        tracker.record(run_dir)
-        tracker.log_artifact(run_dir / "data" / "stats.json", "dataset")
-        tracker.log_artifact(run_dir / "recipe.yaml")
-        if checkpoint is not None:
-            tracker.set_tags({"resumed_from": checkpoint.name})
-    if checkpoint is not None:
-        log.info("resuming from %s", checkpoint)
-    try:
-        outcome = trainer.train(
-            prepared.train,
-            prepared.validation,
-            recipe.training,
-            tracker,
-            checkpoint,
-            recipe.tracking.log_checkpoints,
-        )
-    except BaseException as e:
-        if tracker is not None:
-            tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
-            tracker.end_run(
-                metrics_so_far(trainer), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-            )
-        raise
-    if tracker is not None:
-        outcome.run_id = tracker.run_id
-        tracker.log_model(outcome.adapter_dir, artifact_path="adapter")
-        if outcome.stopped_early:
-            tracker.set_tags({"stopped_early": outcome.stopped_early})
-        tracker.end_run(outcome.metrics, "FINISHED", step=outcome.global_step)
-    return outcome
-
-
-def metrics_so_far(trainer: LoRATrainer) -> dict[str, float]:
-    """The step reached and the last logged training loss, for a run that ends in an error."""
-    state = getattr(trainer.trainer, "state", None)
-    if state is None:
-        return {}
-    out = {"global_step": float(state.global_step)}
-    last = next((h for h in reversed(state.log_history) if "loss" in h), None)
-    if last is not None:
-        out["loss"] = float(last["loss"])
-    return out
