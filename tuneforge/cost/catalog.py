@@ -13,7 +13,8 @@ closest names.
 
 Sections: `instances` (prices), `gpus` (memory and memory bandwidth of each GPU model, for serving
 estimates), `training_references`, `serving_references` (measured throughputs; tuneforge.cost.serving scales
-them to other GPUs and model sizes) and `qlora_throughput_factor`.
+them to other GPUs and model sizes) and `qlora_throughput_factor`. The module is longer than most because
+every field carries its docstring: together they are the catalog format's documentation.
 """
 
 from __future__ import annotations
