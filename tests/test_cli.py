@@ -171,3 +171,15 @@ def test_prepare_stops_on_invalid_examples_by_default(tiny_model_dir, tmp_path):
     )
     assert out.returncode == 2 and "example id 'bad'" in out.stderr and "data.on_invalid=skip" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_takes_overrides_alone_or_after_a_model_and_options():
+    from tuneforge.cli import build_parser
+    from tuneforge.command import parse
+    from tuneforge.serve.cli import settings_from_args
+
+    only = settings_from_args(parse(build_parser(), ["serve", "inference.dtype=float32", "--port", "9"]))
+    assert only.model == "smollm2-135m-instruct" and only.inference.dtype == "float32" and only.port == 9
+    after = parse(build_parser(), ["serve", "org/m", "--port", "9", "inference.max_model_len=64"])
+    assert after.model == "org/m" and after.overrides == ["inference.max_model_len=64"]
+    assert settings_from_args(after).inference.max_model_len == 64

@@ -67,9 +67,7 @@ def settings_from_args(args: argparse.Namespace):
 
     from tuneforge.serve.settings import load_settings
 
-    model, overrides = args.model, list(args.overrides)
-    if model and "=" in model and not Path(model).exists():  # only overrides were given
-        model, overrides = None, [model, *overrides]
+    model, overrides = args.model, list(args.overrides)  # sorted by tuneforge.command.parse
     bad = [o for o in overrides if not o.startswith(("inference.", "sampling.", *MOVED))]
     if bad:
         raise ConfigError(
