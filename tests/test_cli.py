@@ -183,3 +183,12 @@ def test_serve_takes_overrides_alone_or_after_a_model_and_options():
     after = parse(build_parser(), ["serve", "org/m", "--port", "9", "inference.max_model_len=64"])
     assert after.model == "org/m" and after.overrides == ["inference.max_model_len=64"]
     assert settings_from_args(after).inference.max_model_len == 64
+
+
+def test_import_graph_draws_stages_side_by_side_and_matches_the_readme():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "import_graph.py")], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr  # exits non-zero when one stage imports another
+    assert "train --> models" in done.stdout and "serve --> engines" in done.stdout
+    assert done.stdout.strip() in (REPO / "README.md").read_text()  # the README shows the graph as it is
