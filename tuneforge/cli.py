@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.data import cli as data_cli
     from tuneforge.eval import cli as eval_cli
     from tuneforge.models import cli as models_cli
+    from tuneforge.pipeline import cli as pipeline_cli
     from tuneforge.serve import cli as serve_cli
     from tuneforge.train import cli as train_cli
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.register(sub, fmt)
     bench_cli.register(sub)
     cost_cli.register(sub)
+    pipeline_cli.register(sub, fmt)
     return parser
 
 

@@ -11,18 +11,15 @@ from tuneforge.config import Recipe
 
 
 def _eval_output(recipe: Recipe, results: dict, title: str, adapter: str | None) -> Path:
-    from tuneforge.eval.report import generate_report, metric_rows
-    from tuneforge.eval.workflow import log_to_mlflow
+    from tuneforge.eval.report import metric_rows
+    from tuneforge.eval.workflow import save_results
     from tuneforge.tables import print_table
 
-    out = Path(recipe.eval.output_dir or Path(recipe.training.output_dir) / "eval")
-    generate_report(results, out, title)
+    out, run_id = save_results(recipe, results, title, adapter)
     comparing = "finetuned" in results
     columns = ("base", "fine-tuned", "difference") if comparing else ("value",)
     rows = [(name, *values[: len(columns)]) for name, *values in metric_rows(results)]
     print_table([dict(zip(("metric", *columns), row, strict=True)) for row in rows])
-    run_folder = Path(adapter).parent if adapter else Path(recipe.training.output_dir)
-    run_id = log_to_mlflow(results, out, run_folder)
     print(f"report     {out / 'report.html'} (also report.md, results.json)")
     if run_id:
         print(f"mlflow     logged to run {run_id}")

@@ -205,6 +205,19 @@ def run_compare(
     }
 
 
+def save_results(
+    recipe: Recipe, results: dict[str, Any], title: str, adapter: str | None
+) -> tuple[Path, str | None]:
+    """Write the reports (Markdown, HTML, JSON) to eval.output_dir (default <training.output_dir>/eval) and
+    add them to the training run the adapter's run folder recorded; (report folder, MLflow run id)."""
+    from tuneforge.eval.report import generate_report
+
+    out = Path(recipe.eval.output_dir or Path(recipe.training.output_dir) / "eval")
+    generate_report(results, out, title)
+    run_folder = Path(adapter).parent if adapter else Path(recipe.training.output_dir)
+    return out, log_to_mlflow(results, out, run_folder)
+
+
 def log_to_mlflow(results: dict[str, Any], report_dir: Path, run_folder: Path) -> str | None:
     """Add the metrics and the report to the training run the run folder recorded (mlflow_run.json)."""
     from tuneforge.tracking import attach

@@ -1,0 +1,1 @@
+"""`tuneforge run`: the stages composed into one resumable pipeline (state, stages, run, report)."""
