@@ -168,5 +168,5 @@ def test_sigkill_during_training_then_run_again_resumes_instead_of_redoing(
     out = again.stdout + again.stderr
     assert "== data: done before for these settings" in out  # not redone
     assert "resuming from" in out and "checkpoint-" in out  # training continued from its checkpoint
-    done = json.loads(out.strip().splitlines()[-1])["stages"]
+    done = json.loads(again.stdout.strip().splitlines()[-1])["stages"]
     assert done["data"]["status"] == "skipped" and done["train"]["summary"]["global_step"] == 400
