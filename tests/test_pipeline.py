@@ -13,10 +13,11 @@ import pytest
 from conftest import REPO
 
 from tuneforge.errors import ConfigError
-from tuneforge.pipeline.run import duration, run_pipeline
+from tuneforge.pipeline.run import run_pipeline
 from tuneforge.pipeline.stages import Options, StageFailed
 from tuneforge.pipeline.state import STATE_FILE, PipelineState, fingerprint
 from tuneforge.recipes import load_recipe
+from tuneforge.tables import duration
 
 # --------------------------------------------------------------------------- the state (no model)
 

@@ -77,3 +77,16 @@ def print_pairs(rows: list[tuple[str, str]]) -> None:
     if rows:
         for line in _lines(None, [[str(k), str(v)] for k, v in rows], None):
             print(line)
+
+
+def duration(seconds: float) -> str:
+    """As a person writes it: 0.4 s, 12 s, 3 min 5 s, 1 h 2 min."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.tables import print_table
+from tuneforge.tables import duration, print_table
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def preflight(recipe) -> None:
     if fits:
         r = fits[0]
         print(
-            f"           cheapest fit: {r['instance']} ({r['gpu']}), {r['hours']:.3g} h, "
+            f"           cheapest fit: {r['instance']} ({r['gpu']}), {duration(r['hours'] * 3600)}, "
             f"${r['cost_usd']:.4g} ({r['basis']}); all: tuneforge estimate RECIPE"
         )
 
@@ -85,7 +85,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             "peak GB": f"{r['peak_gb']:.1f}",
             "plan": r["plan"] or "-",
             "tok/s": f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-",
-            "hours": f"{r['hours']:.3g}" if r["hours"] is not None else "-",
+            "time": duration(r["hours"] * 3600) if r["hours"] is not None else "-",
             "cost": usd(r["cost_usd"]) if r["cost_usd"] is not None else "-",
             "basis": r["basis"] or "-",
         }

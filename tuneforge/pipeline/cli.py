@@ -12,9 +12,9 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tuneforge.pipeline.run import duration, run_pipeline
+    from tuneforge.pipeline.run import run_pipeline
     from tuneforge.pipeline.stages import Options
-    from tuneforge.tables import print_table
+    from tuneforge.tables import duration, print_table
 
     recipe = recipe_for(args.target, args.overrides)
     options = Options(

@@ -27,7 +27,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def markdown(ctx: Context) -> str:
-    from tuneforge.pipeline.run import duration
+    from tuneforge.tables import duration
 
     r, recipe = ctx.results, ctx.recipe
     lines = [f"# {recipe.name}: {recipe.model.name_or_path}", ""]

@@ -18,22 +18,10 @@ from typing import Any
 from tuneforge.config import Recipe
 from tuneforge.pipeline.stages import NAMES, STAGES, Context, Options, StageFailed
 from tuneforge.pipeline.state import PipelineState, fingerprint
+from tuneforge.tables import duration
 
 log = logging.getLogger(__name__)
 NEEDS = {"compare": ("train",), "bench": ("train",), "cost": ("bench",)}  # outputs a stage reads
-
-
-def duration(seconds: float) -> str:
-    """As a person writes it: 0.4 s, 12 s, 3 min 5 s, 1 h 2 min."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def check_stage_names(names: Sequence[str], flag: str) -> None:
