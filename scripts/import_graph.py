@@ -23,7 +23,7 @@ FLOOR = "floor"  # config, recipes, tracking, results, command, tables, errors, 
 def part(module: str) -> str:
     """The part of the package a module belongs to."""
     name = module.split(".")[1] if "." in module else "cli"
-    if name in STAGES or name in SHARED or name == "cli":
+    if name in STAGES or name in SHARED or name in ("cli", "pipeline"):
         return name
     return "cli" if name == "config_cli" else FLOOR
 
@@ -40,7 +40,7 @@ def edges() -> dict[tuple[str, str], int]:
 
 
 def mermaid(found: dict[tuple[str, str], int]) -> str:
-    lines = ["graph TD", "  cli[cli: the tuneforge command]"]
+    lines = ["graph TD", "  cli[cli: the tuneforge command]", "  pipeline[pipeline: tuneforge run]"]
     lines += [f"  {s}[{s}]" for s in STAGES]
     lines += [f"  {s}([{s}])" for s in SHARED]
     lines.append(f"  {FLOOR}[(floor: config, recipes, tracking, results, command, tables, errors)]")
