@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lora_overhead import make_adapter  # this folder is on sys.path when run as a script
+
 SETTINGS = {
     "default": {},
     "spawn": {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"},
@@ -48,27 +50,6 @@ def child(model: str, adapter: str) -> None:
         t = time.time()
         llm.generate(prompt, sp, lora_request=req, use_tqdm=False)
         print(f"SERVED {name} {time.time() - t:.1f}", flush=True)
-
-
-def make_adapter(model: str, out: str, r: int = 8) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = json.loads((Path(model) / "config.json").read_text())
-    h, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    tensors = {}
-    for i in range(layers):
-        for m, o in {"q_proj": h, "v_proj": kv}.items():
-            p = f"base_model.model.model.layers.{i}.self_attn.{m}"
-            tensors[f"{p}.lora_A.weight"] = (torch.randn(r, h) * 0.01).to(torch.bfloat16)
-            tensors[f"{p}.lora_B.weight"] = (torch.randn(o, r) * 0.01).to(torch.bfloat16)
-    os.makedirs(out, exist_ok=True)
-    save_file(tensors, os.path.join(out, "adapter_model.safetensors"))
-    Path(out, "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj", "v_proj"],
-        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM", "base_model_name_or_path": model,
-    }))  # fmt: skip
 
 
 def descendants(pid: int) -> list[int]:
@@ -139,7 +120,7 @@ def main() -> None:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     adapter = str(log_dir / "adapter")
-    make_adapter(args.model, adapter)
+    make_adapter(args.model, adapter, 8, ["q_proj", "v_proj"])  # rank 8 on q, v
     results = []
     for s in args.settings:
         r = attempt(args.model, adapter, s, args.wait, log_dir)

@@ -30,7 +30,7 @@ def assert_cli_accepts(argv: list[str]) -> None:
 def gpu_family(instance: str) -> tuple[str, int]:
     inst = CATALOG.get(instance)
     assert inst.is_gpu, f"{instance} has no GPU in the catalog"
-    return inst.gpu.split("-")[0].upper(), inst.gpu_count
+    return inst.gpu_family, inst.gpu_count
 
 
 @pytest.mark.parametrize("name", ["sky-train.yaml", "sky-serve.yaml"])
