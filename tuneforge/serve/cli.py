@@ -29,7 +29,8 @@ def register(sub, fmt) -> None:
         epilog="examples:\n"
         f"  tuneforge serve {EMBEDDED_MODEL} --adapter demo=runs/demo-cpu/adapter\n"
         "  tuneforge serve meta-llama/Meta-Llama-3-8B-Instruct inference.gpu_memory_utilization=0.85\n"
-        "  tuneforge serve --recipe configs/demo-cpu.yaml --adapter-dir runs --api-key $KEY",
+        "  tuneforge serve --recipe configs/demo-cpu.yaml --adapter-dir runs --api-key $KEY\n"
+        "  tuneforge serve mistralai/Mistral-7B-Instruct-v0.3 --profile latency",
     )
     p.add_argument("model", nargs="?", help=f"model reference (default: the recipe's, else {EMBEDDED_MODEL})")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="inference.* overrides")
@@ -39,6 +40,12 @@ def register(sub, fmt) -> None:
     )
     p.add_argument("--adapter-dir", help="allow loading adapters at runtime from inside this folder")
     p.add_argument("--engine", choices=("auto", "vllm", "transformers"), help="default: inference.engine")
+    p.add_argument(
+        "--profile",
+        choices=("throughput", "latency"),
+        help="latency: fastest single stream (FP8 weights on FP8 GPUs, n-gram speculative decoding) for "
+        "settings the recipe leaves unset; default: inference.profile (throughput)",
+    )
     p.add_argument("--host", help="default 127.0.0.1")
     p.add_argument("--port", type=int, help="default 8000")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or TUNEFORGE_API_KEY)")
@@ -77,6 +84,8 @@ def settings_from_args(args: argparse.Namespace):
     inference = recipe.inference
     if args.engine:
         inference.engine = args.engine
+    if getattr(args, "profile", None):
+        inference.profile = args.profile
     adapters = parse_adapters(args.adapter)
     for name, path in adapters.items():
         if not (Path(path) / "adapter_config.json").is_file():

@@ -1,0 +1,88 @@
+"""`inference.profile`: what the latency profile turns on, on which machine, and that it never overrides
+what the recipe sets (engines/serving_profile.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuneforge.config import InferenceConfig
+from tuneforge.engines.serving_profile import Device, plan_inference
+from tuneforge.errors import ConfigError
+
+H200 = Device((9, 0), "NVIDIA H200")
+L40S = Device((8, 9), "NVIDIA L40S")
+A100 = Device((8, 0), "NVIDIA A100-SXM4-80GB")
+CPU = Device()
+
+
+def test_throughput_profile_serves_the_settings_as_given():
+    cfg = InferenceConfig()
+    assert plan_inference(cfg, H200) == (cfg, [])
+
+
+@pytest.mark.parametrize(("device", "fp8"), [(H200, True), (L40S, True), (A100, False), (CPU, False)])
+def test_latency_profile_uses_fp8_weights_only_where_the_gpu_has_fp8_tensor_cores(device, fp8):
+    planned, reasons = plan_inference(InferenceConfig(profile="latency"), device)
+    assert planned.quantization == ("fp8" if fp8 else None)
+    assert (planned.speculative, planned.speculative_tokens) == ("ngram", 4)
+    assert planned.kv_cache_dtype == "auto"
+    weights = next(r for r in reasons if r.startswith("weights"))
+    assert ("FP8" in weights) and (device.name in weights or device is CPU)
+    if device is A100:
+        assert "8.0" in weights and "no FP8" in weights
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    quant=st.none() | st.sampled_from(["fp8", "awq", "gptq", "bitsandbytes"]),
+    spec=st.none() | st.integers(1, 16),
+    cap=st.none() | st.tuples(st.integers(7, 10), st.integers(0, 9)),
+)
+def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap):
+    cfg = InferenceConfig(
+        profile="latency",
+        quantization=quant,
+        speculative=None if spec is None else "ngram",
+        speculative_tokens=spec or 4,
+    )
+    planned, reasons = plan_inference(cfg, Device(cap, "gpu") if cap else CPU)
+    if quant is not None:
+        assert planned.quantization == quant
+    else:
+        assert planned.quantization == ("fp8" if cap is not None and cap >= (8, 9) else None)
+    assert planned.speculative == "ngram"
+    assert planned.speculative_tokens == (spec or 4)
+    assert len(reasons) == 2  # one per choice: weights, speculative decoding
+    assert planned.profile == "latency" and planned.dtype == cfg.dtype
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [("profile", "latancy", "latency"), ("kv_cache_dtype", "fp9", "fp8"), ("speculative", "ngrams", "ngram")],
+)
+def test_bad_serving_options_are_named_with_a_suggestion(key, value, hint):
+    with pytest.raises(ConfigError, match=rf"{key}: '{value}' is not one of .*did you mean '{hint}'"):
+        InferenceConfig(**{key: value})
+
+
+def test_speculative_tokens_must_be_in_range():
+    with pytest.raises(ConfigError, match="speculative_tokens: must be in \\[1, 16\\], got 0"):
+        InferenceConfig(speculative="ngram", speculative_tokens=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"quantization": "fp8"}, "inference.quantization=fp8 needs the vLLM engine"),
+        ({"kv_cache_dtype": "fp8"}, "inference.kv_cache_dtype=fp8 needs the vLLM engine"),
+        ({"speculative": "ngram"}, "inference.speculative=ngram needs the vLLM engine"),
+    ],
+)
+def test_the_transformers_engine_refuses_vllm_only_options_before_loading(setting, message):
+    from tuneforge.engines.select import start_engine
+
+    cfg = InferenceConfig(engine="transformers", **setting)
+    with pytest.raises(ConfigError, match=message):
+        start_engine("no-such-model-is-loaded", cfg)
