@@ -95,18 +95,37 @@ def describe_formats() -> str:
 
 
 def example_id(record: dict | None, index: int) -> str:
-    """An example's identifier: its `id` field when it has one, else `#index` (0-based, in file order)."""
+    """An example's identifier: its `id` field when it has one, else `#index` (0-based, in file order).
+    Text that is not valid Unicode (a lone surrogate from a "\\ud800" escape) is shown escaped."""
     if isinstance(record, dict):
         value = record.get("id")
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value)
+            return printable(str(value))
     return f"#{index}"
+
+
+def printable(text: str) -> str:
+    """`text`, with anything UTF-8 cannot encode (lone surrogates) as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be written as UTF-8 (tokenizers and Arrow refuse it), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"is not valid Unicode: {printable(text[e.start : e.end])} at character {e.start}"
+    return None
 
 
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "number"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _check_str(record: dict, name: str, required: bool, problems: list[FieldProblem]) -> None:
@@ -120,6 +139,8 @@ def _check_str(record: dict, name: str, required: bool, problems: list[FieldProb
         problems.append(FieldProblem(name, f"must be a string, got {_type_name(value)}{hint}"))
     elif required and not value.strip():
         problems.append(FieldProblem(name, "is empty"))
+    elif (bad := _unicode_problem(value)) is not None:
+        problems.append(FieldProblem(name, bad))
 
 
 def _check_turns(
@@ -146,13 +167,17 @@ def _check_turns(
             problems.append(FieldProblem(where, f"must be an object, got {_type_name(turn)}"))
             continue
         role = turn.get(role_key)
-        if role not in roles:
-            got = "missing" if role is None else f"'{role}'"
+        if not isinstance(role, str) or role not in roles:
+            got = "missing" if role is None else f"'{printable(str(role))[:40]}'"
             problems.append(FieldProblem(f"{where}.{role_key}", f"{got}; expected one of {', '.join(roles)}"))
-        if not isinstance(turn.get(text_key), str):
-            got = "missing" if text_key not in turn else f"must be a string, got {_type_name(turn[text_key])}"
+            role = None
+        text = turn.get(text_key)
+        if not isinstance(text, str):
+            got = "missing" if text_key not in turn else f"must be a string, got {_type_name(text)}"
             problems.append(FieldProblem(f"{where}.{text_key}", got))
-        mapped.append(roles.get(role))
+        elif (bad := _unicode_problem(text)) is not None:
+            problems.append(FieldProblem(f"{where}.{text_key}", bad))
+        mapped.append(roles.get(role) if role is not None else None)
     if "assistant" not in mapped:
         problems.append(FieldProblem(name, "has no assistant message to learn from"))
     first = next((r for r in mapped if r != "system"), None)

@@ -9,6 +9,7 @@ import difflib
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ FILE_TYPES = {
 _ID_IN_TEXT = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')
 # Columns that hold lists of messages; in a CSV they arrive as JSON text.
 JSON_COLUMNS = ("messages", "conversations")
+# Text files are read as UTF-8; a leading byte-order mark (Excel's "CSV UTF-8", Notepad) is dropped.
+ENCODING = "utf-8-sig"
+CSV_FIELD_LIMIT = 1 << 30  # characters in one CSV cell; the csv module's default (131,072) is too low
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def read_records(source: str, hub_split: str = "train") -> Iterator[Record]:
         raise DatasetError(f"{path}: cannot read file: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise DatasetError(
-            f"{path}: cannot read file: not UTF-8 text ({e.reason} at byte {e.start})"
+            f"{path}: cannot read file: not UTF-8 text ({_first_bad_utf8(path, e)}); save it as UTF-8"
         ) from None
     if count == 0:
         raise DatasetError(f"{path}: file has no examples (expected {_EXPECTED[kind]})")
@@ -112,16 +116,15 @@ _EXPECTED = {
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
     index = 0
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=ENCODING) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             loc = Location(str(path), line=lineno)
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError as e:
-                error = f"malformed JSON: {e.msg} (column {e.colno})"
-                yield Record(index, loc, None, error, _salvage_id(line))
+            except (ValueError, RecursionError) as e:
+                yield Record(index, loc, None, f"malformed JSON: {_json_problem(e)}", _salvage_id(line))
             else:
                 if isinstance(data, dict):
                     yield Record(index, loc, data)
@@ -137,12 +140,38 @@ def _salvage_id(line: str) -> str | None:
         return None
     try:
         return str(json.loads(match.group(1)))
-    except json.JSONDecodeError:
+    except ValueError:  # malformed, or a number past Python's digit limit
         return None
 
 
+def _json_problem(e: Exception) -> str:
+    """What json.loads objected to, in words: its message and column, nesting too deep, or a number too
+    long for Python (over sys.get_int_max_str_digits() digits)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} (column {e.colno})"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if "digits" in str(e):
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return str(e).splitlines()[0][:200]
+
+
+def _first_bad_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """Where a file first stops being UTF-8, as line and byte within it (the decoder's own offset counts
+    from the start of the chunk it was decoding, not of the file)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode(ENCODING if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                return (
+                    f"{e.reason} at line {lineno}, byte {e.start + 1} of the line: {raw[e.start : e.end]!r}"
+                )
+    return error.reason
+
+
 def _read_json(path: Path) -> Iterator[Record]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding=ENCODING)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -150,6 +179,8 @@ def _read_json(path: Path) -> Iterator[Record]:
             yield from _read_jsonl(path)
             return
         raise DatasetError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise DatasetError(f"{path}: malformed JSON: {_json_problem(e)}") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list):
@@ -163,43 +194,54 @@ def _read_json(path: Path) -> Iterator[Record]:
 
 
 def _read_csv(path: Path) -> Iterator[Record]:
-    with path.open(encoding="utf-8", newline="") as f:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    with path.open(encoding=ENCODING, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise DatasetError(f"{path}: no header row (expected column names such as instruction,output)")
+        try:
+            yield from _csv_rows(path, reader)
+        except csv.Error as e:  # an unclosed quote at the end, a NUL byte (Python < 3.11), ...
+            raise DatasetError(
+                f"{path}:{reader.line_num}: malformed CSV: {e}; check the quoting around line "
+                f"{reader.line_num}"
+            ) from None
+
+
+def _csv_rows(path: Path, reader: csv.DictReader) -> Iterator[Record]:
+    if not reader.fieldnames:
+        raise DatasetError(f"{path}: no header row (expected column names such as instruction,output)")
+    start = reader.line_num + 1
+    for i, row in enumerate(reader):
+        loc = Location(str(path), line=start)
         start = reader.line_num + 1
-        for i, row in enumerate(reader):
-            loc = Location(str(path), line=start)
-            start = reader.line_num + 1
-            if None in row:
-                yield Record(
-                    i,
-                    loc,
-                    None,
-                    f"row has {len(reader.fieldnames) + len(row[None])} cells, "
-                    f"the header has {len(reader.fieldnames)}",
-                )
-                continue
-            data: dict[str, Any] = dict(row)
-            for col in JSON_COLUMNS:
-                if isinstance(data.get(col), str):
-                    try:
-                        data[col] = json.loads(data[col])
-                    except json.JSONDecodeError as e:
-                        yield Record(i, loc, None, f"column '{col}': malformed JSON: {e.msg}")
-                        break
-            else:
-                yield Record(i, loc, data)
+        if None in row:
+            yield Record(
+                i,
+                loc,
+                None,
+                f"row has {len(reader.fieldnames) + len(row[None])} cells, "
+                f"the header has {len(reader.fieldnames)}",
+            )
+            continue
+        data: dict[str, Any] = dict(row)
+        for col in JSON_COLUMNS:
+            if isinstance(data.get(col), str):
+                try:
+                    data[col] = json.loads(data[col])
+                except (ValueError, RecursionError) as e:
+                    yield Record(i, loc, None, f"column '{col}': malformed JSON: {_json_problem(e)}")
+                    break
+        else:
+            yield Record(i, loc, data)
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for a bad file
         raise DatasetError(f"{path}: not a readable Parquet file: {e}") from None
-    for i, row in enumerate(table.to_pylist()):
+    for i, row in enumerate(rows):
         yield Record(i, Location(str(path), row=i), row)
 
 
@@ -231,5 +273,12 @@ def source_fingerprint(source: str) -> str:
 
 
 def _json_type(value: Any) -> str:
-    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    names = {
+        list: "an array",
+        dict: "an object",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+    }
     return "null" if value is None else names.get(type(value), type(value).__name__)
