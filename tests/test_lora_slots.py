@@ -80,3 +80,51 @@ def test_vllm_engine_args_get_the_sized_room(tmp_path, tiny_model_dir):
     assert (args.max_loras, args.max_lora_rank) == (RUNTIME_LORAS, RUNTIME_RANK)
     args = build_engine_args(model, InferenceConfig(max_lora_rank=32), enable_lora=True, cpu=True)
     assert (args.max_loras, args.max_lora_rank) == (RUNTIME_LORAS, 32)
+
+
+# -- shipped LoRA kernel configs (VLLM_TUNED_CONFIG_FOLDER)
+MISTRAL = {"hidden_size": 4096, "intermediate_size": 14336}
+SMOL = {"hidden_size": 576, "intermediate_size": 1536}
+
+
+def _model(tmp_path, config: dict):
+    import json
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_shipped_kernel_configs_match_the_7b_8b_shape_only_and_are_what_vllm_reads():
+    import json
+
+    from tuneforge.engines.lora_slots import tuned_kernel_folder
+
+    folder = tuned_kernel_folder(MISTRAL)
+    assert folder is not None and tuned_kernel_folder(SMOL) is None
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "NVIDIA_H200_EXPAND_FALSE.json",
+        "NVIDIA_H200_EXPAND_TRUE.json",
+        "NVIDIA_H200_SHRINK.json",
+    ]
+    shrink = json.loads((folder / "NVIDIA_H200_SHRINK.json").read_text())
+    # vLLM indexes config[max_loras][num_slices][m][k][n]: k is the hidden size, n the rank, for shrink
+    for slices in shrink["2"].values():
+        assert "1" in slices and "64" in slices
+        assert {"4096"} <= set(slices["1"]) and set(slices["1"]["4096"]) == {"16"}
+
+
+def test_kernel_config_env_keeps_the_users_folder_and_follows_the_model_otherwise(tmp_path):
+    from tuneforge.engines.lora_slots import TUNED_ENV, kernel_config_env, tuned_kernel_folder
+
+    mistral, smol = _model(tmp_path / "m", MISTRAL), _model(tmp_path / "s", SMOL)
+    assert kernel_config_env(mistral, {TUNED_ENV: "/mine"}) == {}  # the user's own configs win
+    ours = kernel_config_env(mistral, {})
+    assert ours[TUNED_ENV] == str(tuned_kernel_folder(MISTRAL)) and ours["TUNEFORGE_SET_" + TUNED_ENV] == "1"
+    # a later engine for another shape in the same process drops what we set, not a user's value
+    assert kernel_config_env(smol, {**ours}) == {TUNED_ENV: None, "TUNEFORGE_SET_" + TUNED_ENV: None}
+    assert kernel_config_env(tmp_path / "missing", {}) == {
+        TUNED_ENV: None,
+        "TUNEFORGE_SET_" + TUNED_ENV: None,
+    }

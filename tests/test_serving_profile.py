@@ -26,8 +26,8 @@ def test_throughput_profile_serves_the_settings_as_given():
 def test_latency_profile_uses_fp8_weights_only_where_the_gpu_has_fp8_tensor_cores(device, fp8):
     planned, reasons = plan_inference(InferenceConfig(profile="latency"), device)
     assert planned.quantization == ("fp8" if fp8 else None)
-    assert (planned.speculative, planned.speculative_tokens) == ("ngram", 4)
-    assert planned.kv_cache_dtype == "auto"
+    assert planned.speculative is None and planned.kv_cache_dtype == "auto"  # measured: no gain
+    assert any(r.startswith("speculative decoding: off") for r in reasons)
     weights = next(r for r in reasons if r.startswith("weights"))
     assert ("FP8" in weights) and (device.name in weights or device is CPU)
     if device is A100:
@@ -52,7 +52,7 @@ def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap):
         assert planned.quantization == quant
     else:
         assert planned.quantization == ("fp8" if cap is not None and cap >= (8, 9) else None)
-    assert planned.speculative == "ngram"
+    assert planned.speculative == (None if spec is None else "ngram")
     assert planned.speculative_tokens == (spec or 4)
     assert len(reasons) == 2  # one per choice: weights, speculative decoding
     assert planned.profile == "latency" and planned.dtype == cfg.dtype

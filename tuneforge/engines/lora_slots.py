@@ -54,3 +54,31 @@ def lora_slots(
     if not fits:
         raise ConfigError(f"adapter rank {need} is above vLLM's largest max_lora_rank ({VLLM_RANKS[-1]})")
     return loras, fits[0]
+
+
+TUNED_CONFIGS = Path(__file__).parent / "lora_configs"  # <shape>/<GPU>_{SHRINK,EXPAND_*}.json
+TUNED_ENV = "VLLM_TUNED_CONFIG_FOLDER"
+
+
+def tuned_kernel_folder(model_config: dict) -> Path | None:
+    """The shipped LoRA kernel configs for this model's shape (hidden and MLP size), tuned by
+    benchmarks/lora_kernel_tune.py: on an H200, Mistral-7B/Llama-3-8B shape, rank 16, they served an
+    adapter at 0.81x of the base model at concurrency 1 instead of 0.74x. vLLM picks the file of the GPU
+    in use (and keeps its defaults when there is none); other shapes keep vLLM's defaults, since vLLM would
+    apply the nearest tuned shape's configs to them."""
+    shape = f"h{model_config.get('hidden_size')}-i{model_config.get('intermediate_size')}-"
+    found = sorted(p for p in TUNED_CONFIGS.glob(shape + "r*") if p.is_dir())
+    return found[0] if found else None
+
+
+def kernel_config_env(model_path: str | Path, environ: dict) -> dict[str, str | None]:
+    """The VLLM_TUNED_CONFIG_FOLDER an engine for `model_path` should start with: a user's own setting is
+    kept; otherwise the shipped folder for the shape, or none (None: unset it)."""
+    if environ.get(TUNED_ENV) and not environ.get("TUNEFORGE_SET_" + TUNED_ENV):
+        return {}
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    folder = tuned_kernel_folder(config)
+    return {TUNED_ENV: str(folder) if folder else None, "TUNEFORGE_SET_" + TUNED_ENV: "1" if folder else None}

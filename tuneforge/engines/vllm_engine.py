@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -27,7 +28,7 @@ from tuneforge.engines.base import (
     InvalidRequest,
     check_context,
 )
-from tuneforge.engines.lora_slots import lora_slots
+from tuneforge.engines.lora_slots import TUNED_ENV, kernel_config_env, lora_slots
 from tuneforge.engines.serving_profile import Device, plan_inference
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,18 @@ def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def use_tuned_lora_kernels(model_path: str) -> None:
+    """Point vLLM (its engine process inherits our environment) at tuneforge's tuned LoRA kernel configs
+    for this model's shape, unless the user set VLLM_TUNED_CONFIG_FOLDER (engines/lora_slots.py)."""
+    for key, value in kernel_config_env(model_path, os.environ).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+            if key == TUNED_ENV:
+                log.info("LoRA kernels: tuned configs from %s (where this GPU has them)", value)
 
 
 def this_device() -> Device:
@@ -171,6 +184,8 @@ class VLLMEngine:
             adapters=adapters,
             runtime_adapters=runtime_adapters,
         )
+        if enable_lora:
+            use_tuned_lora_kernels(ref.path)
         log.info("starting vLLM on %s (%s)", reference, ref.path)
         llm = AsyncLLM.from_engine_args(args)
         tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)

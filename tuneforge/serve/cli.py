@@ -43,7 +43,7 @@ def register(sub, fmt) -> None:
     p.add_argument(
         "--profile",
         choices=("throughput", "latency"),
-        help="latency: fastest single stream (FP8 weights on FP8 GPUs, n-gram speculative decoding) for "
+        help="latency: fastest single stream (FP8 weights on GPUs with FP8 tensor cores) for "
         "settings the recipe leaves unset; default: inference.profile (throughput)",
     )
     p.add_argument("--host", help="default 127.0.0.1")
