@@ -124,3 +124,68 @@ def test_lora_overhead_runs_tuneforge_vllm_engine_sized_to_the_adapter(tmp_path)
     assert all(r["tokens"] == 2 * 4 for r in got.values())  # every answer exactly --output-len tokens
     engine = result["engines"][0]["engine"]  # read back from the running vLLM engine
     assert (engine["max_loras"], engine["max_lora_rank"]) == (1, 16)
+
+
+def bench_module(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def test_latency_profile_variants_combine_options_and_refuse_unknown_ones():
+    lp = bench_module("latency_profile")
+    assert lp.variant_settings("default", 4) == {}
+    assert lp.variant_settings("fp8+ngram", 3) == {
+        "quantization": "fp8",
+        "speculative": "ngram",
+        "speculative_tokens": 3,
+    }
+    assert lp.variant_settings("fp8+fp8kv", 4) == {"quantization": "fp8", "kv_cache_dtype": "fp8"}
+    with pytest.raises(ValueError, match="unknown option 'fp4'"):
+        lp.variant_settings("fp8+fp4", 4)
+
+
+def test_latency_profile_summary_counts_decoding_after_the_first_token():
+    lp = bench_module("latency_profile")
+    answers = [  # 1 s in all, 0.1 s to the first token, 10 tokens: 9 more in 0.9 s = 100 ms each
+        {"ttft": 0.1, "seconds": 1.0, "tokens": 10, "text": "a"},
+        {"ttft": 0.2, "seconds": 2.0, "tokens": 10, "text": "b"},
+        {"ttft": 0.3, "seconds": 3.0, "tokens": 10, "text": "c"},
+    ]
+    s = lp.summary(answers)
+    assert s["seconds_p50"] == 2.0 and s["ttft_ms_p50"] == 200.0
+    assert s["ms_per_token_p50"] == 200.0  # (2.0 - 0.2) / 9
+    assert s["tok_s"] == 5.0 and s["tokens"] == 30 and s["answers"] == 3
+
+
+def test_latency_profile_acceptance_is_between_snapshots_and_absent_without_drafts():
+    lp = bench_module("latency_profile")
+    before = {"drafts": 10, "draft_tokens": 40, "accepted_tokens": 4}
+    after = {"drafts": 30, "draft_tokens": 120, "accepted_tokens": 24}
+    assert lp.acceptance(before, after) == {"acceptance_rate": 0.25, "accepted_per_draft": 1.0}
+    assert lp.acceptance({}, {}) == {}
+    assert lp.agreement(["x", "y", "z", "w"], ["x", "y", "q", "w"]) == 0.75
+    assert lp.agreement(None, ["x"]) is None
+
+
+def test_serve_overhead_levels_and_ratios_against_the_engine_at_the_same_level():
+    so = bench_module("serve_overhead")
+    args = type("Args", (), {"requests": 256})()
+    assert [so.requests_at(args, c) for c in (1, 16, 64, 256)] == [16, 256, 256, 512]
+
+    def level(tok_s):
+        return {
+            "request_throughput_rps": tok_s / 100, "output_throughput_tok_s": tok_s,
+            "latency_ms": {"ttft": {"p50": 10.0}, "tpot": {"p50": 2.0}}, "requests": {"failed": 0},
+        }  # fmt: skip
+
+    results = {
+        "direct engine": {1: level(200.0), 64: level(10000.0)},
+        "tuneforge serve": {1: level(190.0), 64: level(9700.0)},
+    }
+    rows = {(r["path"], r["concurrency"]): r["vs_direct"] for r in so.table(results)}
+    assert rows == {
+        ("direct engine", 1): 1.0, ("direct engine", 64): 1.0,
+        ("tuneforge serve", 1): 0.95, ("tuneforge serve", 64): 0.97,
+    }  # fmt: skip
