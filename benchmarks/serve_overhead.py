@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,7 +90,11 @@ def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:
 
 @contextlib.contextmanager
 def py_spy(pid: int, out: str, seconds: int):
-    """A py-spy flame graph of process `pid` while the block runs (at most `seconds`)."""
+    """A py-spy flame graph of process `pid` while the block runs (at most `seconds`); none without py-spy."""
+    if shutil.which("py-spy") is None:
+        print("py-spy is not on the PATH: no profile (pip install py-spy)", file=sys.stderr)
+        yield
+        return
     proc = subprocess.Popen(
         [
             "py-spy",
