@@ -780,7 +780,7 @@ def test_cost_compare_and_catalog_print_a_table_then_one_json_line(tmp_path, cap
     payload = json.loads(printed[-1])
     assert "box" in payload["instances"] and "p5.48xlarge" in payload["instances"]
     assert payload["files"] == ["builtin catalog.yaml", str(mine)]
-    assert printed[0].split() == ["name", "provider", "GPU", "vCPU", "USD/h", "spot", "date"]
+    assert printed[0].split() == ["name", "provider", "GPU", "vCPU", "USD/h", "spot", "date", "checked"]
     assert next(line for line in printed if line.startswith("box ")).split() == [
         "box",
         "me",
@@ -789,6 +789,7 @@ def test_cost_compare_and_catalog_print_a_table_then_one_json_line(tmp_path, cap
         "0.25",
         "-",
         "-",
+        "no",
     ]
 
 

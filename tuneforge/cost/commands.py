@@ -53,11 +53,29 @@ def _report_line(out: Path) -> None:
 
 
 def _print_analysis(analysis: dict[str, Any]) -> None:
-    from tuneforge.cost.report import analysis_rows
+    from tuneforge.cost.report import analysis_rows, other_notes
 
     print_pairs(analysis_rows(analysis))
-    for note in analysis["notes"]:
+    for note in other_notes(analysis["notes"], analysis.get("prices") or []):
         print(f"note: {note}")
+
+
+def _prices(analyzer, names_and_spot: list[tuple[str, bool]]) -> list[dict[str, Any]]:
+    """Each price the tables used, once, with its date, source and catalog note."""
+    from tuneforge.cost.report import price_record
+
+    return [
+        price_record(analyzer.instance(n).model_dump(), spot) for n, spot in dict.fromkeys(names_and_spot)
+    ]
+
+
+def _print_prices(prices: list[dict[str, Any]]) -> None:
+    """The tables end with where each price comes from and whether it was checked."""
+    from tuneforge.cost.report import PRICES_ADVICE, price_rows
+
+    print()
+    print_table(price_rows(prices), title="Prices used")
+    print(PRICES_ADVICE)
 
 
 # --------------------------------------------------------------------------- instance
@@ -92,13 +110,15 @@ def cmd_instance(args: argparse.Namespace) -> int:
                     device=throughput.device,
                 )
             configs.append(cfg)
-        return _finish_compare(analyzer.compare_configurations(configs), Path(args.out))
+        return _finish_compare(analyzer, analyzer.compare_configurations(configs), Path(args.out))
     inst = analyzer.instance(names[0])
     inputs.check_training_device(inst, device)
     analysis = analyzer.analyze(inst, hours, "measured", t_source, throughput, args.spot)
+    analysis["prices"] = _prices(analyzer, [(inst.name, args.spot)])
     out = Path(args.out)
     generate_cost_report(analysis, out, f"Cost on {inst.name}")
     _print_analysis(analysis)
+    _print_prices(analysis["prices"])
     _report_line(out)
     if args.mlflow_run_id and args.log_to_run:
         _log_cost(args.mlflow_run_id, args.tracking_uri, analysis, out)
@@ -183,6 +203,8 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     measured = _measured_row(analysis) if analysis else None
     estimates["measured"] = measured
     analysis["serving_estimates"] = estimates
+    priced = ([name] if name else []) + [r["instance"] for r in estimates["rows"]]
+    analysis["prices"] = _prices(analyzer, [(n, args.spot) for n in priced])
     out = Path(args.out)
     generate_cost_report(analysis, out, f"Cost on {name}" if name else "Estimated serving cost")
     if name:
@@ -194,6 +216,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     print(f"method: {estimates['method']}")
     if estimates["skipped"]:
         print("skipped: " + "; ".join(f"{s['instance']} ({s['reason']})" for s in estimates["skipped"]))
+    _print_prices(analysis["prices"])
     _report_line(out)
     if args.mlflow_run_id and args.log_to_run and name:
         _log_cost(args.mlflow_run_id, args.tracking_uri, analysis, out)
@@ -242,14 +265,18 @@ def read_configs(path: str) -> list[dict[str, Any]]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     analyzer = _analyzer(args)
-    return _finish_compare(analyzer.compare_configurations(read_configs(args.file)), Path(args.out))
+    return _finish_compare(analyzer, analyzer.compare_configurations(read_configs(args.file)), Path(args.out))
 
 
-def _finish_compare(result: dict[str, Any], out: Path) -> int:
-    from tuneforge.cost.report import comparison_rows, generate_cost_report
+def _finish_compare(analyzer, result: dict[str, Any], out: Path) -> int:
+    from tuneforge.cost.report import comparison_rows, generate_cost_report, other_notes
 
+    result["prices"] = _prices(analyzer, [(c["instance"], c["spot"]) for c in result["configs"]])
     generate_cost_report(result, out, "Cost comparison")
     print_table(comparison_rows(result))
+    for note in other_notes(sorted({n for c in result["configs"] for n in c["notes"]}), result["prices"]):
+        print(f"note: {note}")
+    _print_prices(result["prices"])
     _report_line(out)
     compact = [{k: c[k] for k in COMPARED} for c in result["configs"]]
     print(json.dumps({"report": str(out / "cost.html"), "configs": compact, "cheapest": result["cheapest"]}))
@@ -257,6 +284,8 @@ def _finish_compare(result: dict[str, Any], out: Path) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
+    from tuneforge.cost.report import price_checked, price_record
+
     catalog = _analyzer(args).catalog
     rows = [
         {
@@ -267,6 +296,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             "USD/h": f"{i.on_demand_usd_per_hour:g}",
             "spot": f"{i.spot_usd_per_hour:g}" if i.spot_usd_per_hour else "-",
             "date": i.price_date or "-",
+            "checked": price_checked(price_record(i.model_dump())),
         }
         for i in catalog.instances.values()
     ]

@@ -7,19 +7,32 @@ instance, split by resource). Imports no torch.
 Every cost shows whether it is measured or estimated, and from what; the breakdown shows the GPU, CPU
 and memory shares of the hourly price, of the training cost and of the cost per 1,000 requests. With
 `serving_estimates` (tuneforge cost gpus) a second table lists the measured serving cost and the
-estimated ones on GPU instances, each labelled with how it was reached.
+estimated ones on GPU instances, each labelled with how it was reached. Every report ends with the prices
+it used (`analysis["prices"]`, from `price_record`): each one's date, source, and whether it was checked
+against the provider's own page.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tuneforge.report_files import write_report
 
 RESOURCES = ("gpu", "cpu", "memory")
 RESOURCE_COLOURS = {"gpu": "#2f6fde", "cpu": "#e07b39", "memory": "#3f9c5a"}
+# Each provider's own pages: a price read there on its date was checked against the provider's page.
+PROVIDER_SITES = {
+    "aws": ("aws.amazon.com",),
+    "gcp": ("cloud.google.com",),
+    "azure": ("azure.microsoft.com",),
+    "lambda": ("lambda.ai", "lambdalabs.com"),
+    "runpod": ("runpod.io",),
+    "modal": ("modal.com",),
+}
 
 
 def usd(value: float | None) -> str:
@@ -48,6 +61,70 @@ def _basis(basis: str | None, source: str | None) -> str:
     if not basis:
         return ""
     return f"{basis}" + (f" ({source})" if source else "")
+
+
+# --------------------------------------------------------------------------- where each price comes from
+
+
+def price_record(instance: dict[str, Any], spot: bool = False) -> dict[str, Any]:
+    """One price as a report needs it: the figure, its date, its source and the catalog's note on it
+    (`instance` is a catalog Instance's model_dump())."""
+    price = instance["spot_usd_per_hour"] if spot else instance["on_demand_usd_per_hour"]
+    keys = ("provider", "price_date", "source", "note")
+    return {"instance": instance["name"], "usd_per_hour": price, "spot": spot} | {
+        k: instance.get(k) for k in keys
+    }
+
+
+def price_checked(price: dict[str, Any]) -> str:
+    """Whether the price was read on its date from the provider's own page: yes, or what instead."""
+    if price.get("provider") == "custom":
+        return "given by you"
+    if not (price.get("note") or "").lower().startswith("confirmed"):
+        return "no"
+    host = urlparse(price.get("source") or "").hostname or ""
+    sites = PROVIDER_SITES.get(price.get("provider") or "", ())
+    if any(host == site or host.endswith("." + site) for site in sites):
+        return "yes"
+    return "no: read from a third-party page"
+
+
+def price_note(price: dict[str, Any]) -> str:
+    """The catalog's note less the confirmed / not confirmed that `price_checked` already says."""
+    note = re.sub(r"^(not )?confirmed( in this session)?[\s:;,]*", "", price.get("note") or "", flags=re.I)
+    if note.startswith("("):  # "(list price as commonly quoted); ..." -> "list price as commonly quoted; ..."
+        note = re.sub(r"^\(([^()]*)\)", r"\1", note)
+    note = re.sub(
+        r"^same page[\s;,]*", "", note
+    )  # the catalog's "same page" as the entry above: the source says it
+    return note or "-"
+
+
+def price_rows(prices: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per price used: what a reader needs to trust it or check it again."""
+    return [
+        {
+            "price": p["instance"],
+            "USD/h": usd(p["usd_per_hour"]) + (" spot" if p.get("spot") else ""),
+            "date": p.get("price_date") or "undated",
+            "checked against the provider's page": price_checked(p),
+            "source": p.get("source") or "none",
+            "note": price_note(p),
+        }
+        for p in prices
+    ]
+
+
+def other_notes(notes: list[str], prices: list[dict[str, Any]]) -> list[str]:
+    """The notes that are not a price's own (those are in the prices table)."""
+    own = {p.get("note") for p in prices}
+    return [n for n in notes if n not in own]
+
+
+PRICES_ADVICE = (
+    "Prices change: check the source before spending; put your own prices in a file of the catalog's shape "
+    "(--catalog FILE)."
+)
 
 
 def analysis_rows(analysis: dict[str, Any]) -> list[tuple[str, str]]:
@@ -268,12 +345,16 @@ def generate_cost_report(
     lines += _serving_md(analysis)
     rule = analysis.get("breakdown_rule") or (analysis.get("breakdown") or {}).get("rule")
     lines += ["", f"Breakdown rule: {rule}."] if rule else []
+    prices = analysis.get("prices") or []
+    notes = other_notes(notes, prices)
     lines += [""] + [f"- {n}" for n in notes] if notes else []
     lines += [
         "",
         "Costs per request assume the instance serves at the given throughput all the time; idle time costs "
         "the same per hour.",
     ]
+    if prices:
+        lines += ["", "## Prices used", "", *_md_table(price_rows(prices)), "", PRICES_ADVICE]
     markdown = "\n".join(lines) + "\n"
     if out_dir is not None:
         page = render_cost_html(analysis, title)
@@ -306,6 +387,12 @@ def render_cost_html(analysis: dict[str, Any], title: str = "Cost analysis") -> 
         )
         notes = analysis.get("notes", [])
     rule = analysis.get("breakdown_rule") or (analysis.get("breakdown") or {}).get("rule") or ""
+    prices = analysis.get("prices") or []
+    prices_html = (
+        f"<h2>Prices used</h2>{html_table(price_rows(prices))}<p>{html.escape(PRICES_ADVICE)}</p>"
+        if prices
+        else ""
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1f2933}"
@@ -314,6 +401,7 @@ def render_cost_html(analysis: dict[str, Any], title: str = "Cost analysis") -> 
         f"<h1>{html.escape(title)}</h1>{table}{_serving_html(analysis)}"
         f"<h2>Cost per 1,000 requests</h2>{svg_cost_bars(analysis)}"
         f"<p>Breakdown rule: {html.escape(rule)}.</p>"
-        + "".join(f"<p><strong>Note:</strong> {html.escape(n)}</p>" for n in notes)
+        + "".join(f"<p><strong>Note:</strong> {html.escape(n)}</p>" for n in other_notes(notes, prices))
+        + prices_html
         + "</body></html>\n"
     )
