@@ -170,4 +170,38 @@ def test_sigkill_during_training_then_run_again_resumes_instead_of_redoing(
     assert "== data: done before for these settings" in out  # not redone
     assert "resuming from" in out and "checkpoint-" in out  # training continued from its checkpoint
     done = json.loads(again.stdout.strip().splitlines()[-1])["stages"]
-    assert done["data"]["status"] == "skipped" and done["train"]["summary"]["global_step"] == 400
+    assert done["data"]["status"] == "skipped" and done["train"]["status"] == "ran"
+    state = json.loads((run / STATE_FILE).read_text())["stages"]
+    assert state["train"]["summary"]["global_step"] == 400
+    assert "train loss" in out and (run / "run.log").is_file()  # the stage's result line; the logs kept
+
+
+def test_each_stage_ends_with_one_line_a_person_can_read():
+    from tuneforge.pipeline.console import stage_result
+
+    data = {"records": 800, "valid": 798, "train_examples": 730, "validation_examples": 68, "tokens": 91234}
+    assert (
+        stage_result("data", data) == "798 of 800 records valid: 730 to train, 68 to validate, 91234 tokens"
+    )
+    train = {"global_step": 40, "train_loss": 0.11188, "eval_loss": 0.017386}
+    assert stage_result("train", train) == "40 steps, train loss 0.112, eval loss 0.0174"
+    compare = {"base": {"metrics": {"json_exact": 0.0, "json_fields": 0.224}},
+               "finetuned": {"metrics": {"json_exact": 0.94, "json_fields": 0.988}}}  # fmt: skip
+    assert stage_result("compare", compare) == "json_exact 0 -> 0.94, json_fields 0.22 -> 0.99"
+    bench = {"levels": [{"load": "c1", "requests_per_s": 1.234, "output_tok_s": 50.0, "completed": 12}]}
+    assert stage_result("bench", bench) == "c1: 1.23 req/s, 50.0 tok/s"
+    assert "\n" not in stage_result("bench", {"levels": bench["levels"] * 3})
+
+
+def test_without_verbose_the_terminal_keeps_tuneforge_lines_and_warnings_only():
+    import logging
+
+    from tuneforge.pipeline.console import ours_or_warning
+
+    def record(name, level):
+        return logging.LogRecord(name, level, __file__, 1, "m", None, None)
+
+    assert ours_or_warning(record("tuneforge.train.workflow", logging.INFO))
+    assert ours_or_warning(record("vllm.engine", logging.WARNING))
+    assert not ours_or_warning(record("vllm.engine", logging.INFO))
+    assert not ours_or_warning(record("tuneforgex", logging.INFO))  # a prefix is not our package

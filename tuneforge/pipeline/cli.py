@@ -12,6 +12,9 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuneforge.pipeline.console import route_logs
     from tuneforge.pipeline.run import run_pipeline
     from tuneforge.pipeline.stages import Options
     from tuneforge.tables import duration, print_table
@@ -24,13 +27,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         instance=args.instance,
     )
     only = _names(args.stages) if args.stages else None
+    log_file = route_logs(Path(recipe.training.output_dir), getattr(args, "verbose", False))
+    print(f"run folder {recipe.training.output_dir}   (logs: {log_file}; -v shows them here)", flush=True)
     done = run_pipeline(recipe, options, only, _names(args.force or ""))
     print()
     print_table([{"stage": n, "": d["status"], "time": duration(d["seconds"])} for n, d in done.items()])
     report = done.get("report", {}).get("summary", {}).get("report")
     if report:
         print(f"report     {report}")
-    json_line({"folder": recipe.training.output_dir, "stages": done})
+    stages = {n: {"status": d["status"], "seconds": round(d["seconds"], 1)} for n, d in done.items()}
+    json_line({"folder": recipe.training.output_dir, "report": report, "stages": stages})
     return 0
 
 

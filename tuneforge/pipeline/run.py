@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Recipe
+from tuneforge.pipeline.console import stage_result
 from tuneforge.pipeline.stages import NAMES, STAGES, Context, Options, StageFailed
 from tuneforge.pipeline.state import PipelineState, fingerprint
 from tuneforge.tables import duration
@@ -46,6 +47,8 @@ def run_pipeline(
     fingerprints: dict[str, str] = {}
     for stage in STAGES:
         upstream = [fingerprints[a] for a in stage.after]
+        if stage.shows_what_ran:  # after `--stages data,train`, a later full run writes the report again
+            upstream.append(",".join(n for n in NAMES if n in ctx.results))
         fp = fingerprints[stage.name] = fingerprint(stage.settings(recipe, options), upstream)
         reason = "asked with --force" if stage.name in force else state.why_run(stage.name, fp)
         if reason is None:
@@ -74,6 +77,8 @@ def run_pipeline(
         ctx.results[stage.name] = {"outputs": outcome.outputs, "summary": outcome.summary, "seconds": seconds}
         prints[stage.name] = "ran"
         print(f"== {stage.name}: done in {duration(seconds)}", flush=True)
+        if line := stage_result(stage.name, outcome.summary):
+            print(f"   {line}", flush=True)
     return {
         name: {
             "status": prints[name],
