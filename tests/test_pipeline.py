@@ -205,3 +205,23 @@ def test_without_verbose_the_terminal_keeps_tuneforge_lines_and_warnings_only():
     assert ours_or_warning(record("vllm.engine", logging.WARNING))
     assert not ours_or_warning(record("vllm.engine", logging.INFO))
     assert not ours_or_warning(record("tuneforgex", logging.INFO))  # a prefix is not our package
+
+
+def test_the_example_shown_is_the_case_fine_tuning_improved_most():
+    from tuneforge.pipeline.stages import most_improved_case
+
+    def case(i, prediction, score):
+        prompt = (
+            f"<|im_start|>user\nExtract the order.\n\nText number {i}.<|im_end|>\n<|im_start|>assistant\n"
+        )
+        return {"id": f"t{i}", "prompt": prompt, "reference": "R", "prediction": prediction,
+                "scores": {"json_exact": score, "json_valid": 1.0}}  # fmt: skip
+
+    results = {
+        "base": {"cases": [case(0, "b0", 1.0), case(1, "b1", 0.0), case(2, "b2", None)]},
+        "finetuned": {"cases": [case(0, "t0", 1.0), case(1, "t1", 1.0), case(2, "t2", 0.5)]},
+    }
+    ex = most_improved_case(results)
+    assert (ex["id"], ex["base"], ex["finetuned"], ex["metric"]) == ("t1", "b1", "t1", "json_exact")
+    assert ex["prompt"] == "Text number 1."  # the prompt's last line, without the chat template's tokens
+    assert most_improved_case({"base": {"cases": []}, "finetuned": {"cases": []}}) is None

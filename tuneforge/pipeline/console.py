@@ -41,8 +41,13 @@ def _num(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _short(text: Any, n: int = 110) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def stage_result(name: str, summary: dict[str, Any]) -> str:
-    """One line saying what a stage produced (empty when there is nothing to say)."""
+    """A line saying what a stage produced (compare adds its most improved example; empty: nothing to say)."""
     s = summary or {}
     if name == "data":
         return (
@@ -57,7 +62,11 @@ def stage_result(name: str, summary: dict[str, Any]) -> str:
     if name == "compare":
         base = (s.get("base") or {}).get("metrics", {})
         tuned = (s.get("finetuned") or {}).get("metrics", {})
-        return ", ".join(f"{m} {_num(base.get(m), 2)} -> {_num(v, 2)}" for m, v in tuned.items())
+        line = ", ".join(f"{m} {_num(base.get(m), 2)} -> {_num(v, 2)}" for m, v in tuned.items())
+        if ex := s.get("example"):
+            line += (f"\n   e.g. {ex['id']}: {_short(ex['prompt'])}\n     base:       {_short(ex['base'])}"
+                     f"\n     fine-tuned: {_short(ex['finetuned'])}")  # fmt: skip
+        return line
     if name == "bench":
         return "; ".join(
             f"{lv['load']}: {lv['requests_per_s']:.2f} req/s, {lv['output_tok_s']:.1f} tok/s"

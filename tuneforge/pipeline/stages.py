@@ -6,7 +6,7 @@ the server, which runs as `tuneforge serve` does in production: its own process,
     compare  eval.workflow.run_compare: base against fine-tuned on the same cases, reports, MLflow
     bench    `tuneforge serve --adapter` in a child process, loaded by bench's own command
     cost     cost's own `gpus` command on the measured training time and benchmark
-    report   one Markdown page of the whole run (pipeline/report.py)
+    report   one page of the whole run, report.html and report.md (pipeline/report.py)
 
 Each stage declares the recipe sections it reads and the stages it builds on; pipeline/state.py decides from
 these what to skip.
@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -75,6 +76,8 @@ class Stage:
     """Recipe sections (or section.key) whose values decide the stage's result."""
     after: tuple[str, ...]
     run: Callable[[Context], Outcome]
+    shows_what_ran: bool = False
+    """Its result shows which stages are done (the report): it runs again when that changes."""
 
     def settings(self, recipe: Recipe, options: Options) -> dict[str, Any]:
         plain = dataclasses.asdict(recipe)
@@ -144,6 +147,7 @@ def run_compare(ctx: Context) -> Outcome:
     results = compare(ctx.recipe, adapter)
     out, run_id = save_results(ctx.recipe, results, "Base versus fine-tuned", adapter)
     summary = {
+        "example": most_improved_case(results),
         "report": os.path.relpath(out / "report.html", ctx.folder),
         "mlflow_run_id": run_id,
         "delta": results["delta"],
@@ -156,6 +160,27 @@ def run_compare(ctx: Context) -> Outcome:
         },
     }
     return Outcome([os.path.relpath(out / "results.json", ctx.folder)], summary)
+
+
+def most_improved_case(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The test case whose first metric gained most from fine-tuning: its id, the last line of its prompt,
+    the reference and both answers (what a person checks first)."""
+    base, tuned = results["base"].get("cases") or [], results["finetuned"].get("cases") or []
+    if not base or not tuned:
+        return None
+    metric = next(iter(tuned[0]["scores"]))
+
+    def gain(pair):
+        b, t = (c["scores"].get(metric) for c in pair)
+        return (t or 0.0) - (b or 0.0)
+
+    b, t = max(zip(base, tuned, strict=True), key=gain)
+    text = re.sub(r"<\|[^|]*\|>", "", b["prompt"])  # chat template tokens such as <|im_end|>
+    roles = {"system", "user", "assistant"}
+    prompt_lines = [ln for ln in text.splitlines() if ln.strip() and ln.strip().lower() not in roles]
+    prompt = prompt_lines[-1] if prompt_lines else b["prompt"][-200:]
+    return {"id": b["id"], "metric": metric, "prompt": prompt, "reference": b["reference"],
+            "base": b["prediction"], "finetuned": t["prediction"]}  # fmt: skip
 
 
 def free_port() -> int:
@@ -227,6 +252,8 @@ def run_bench(ctx: Context) -> Outcome:
         run_id = recorded_run_id(adapter_dir(ctx).parent)
         if run_id:
             argv += ["--mlflow-run-id", run_id]
+            if ctx.recipe.tracking.tracking_uri:  # the store the run is in, not the default one
+                argv += ["--tracking-uri", ctx.recipe.tracking.tracking_uri]
         if _command(register, argv) != 0:
             raise StageFailed(f"the benchmark completed no request; see {out} and {ctx.folder / 'serve.log'}")
     results = read_bench_results(out / "results.json")
@@ -276,6 +303,6 @@ STAGES: tuple[Stage, ...] = (
         run_bench,
     ),
     Stage("cost", ("options.instance",), ("train", "bench"), run_cost),
-    Stage("report", (), ("data", "train", "compare", "bench", "cost"), run_report),
+    Stage("report", (), ("data", "train", "compare", "bench", "cost"), run_report, shows_what_ran=True),
 )
 NAMES = tuple(s.name for s in STAGES)
