@@ -41,6 +41,10 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def _already_shut_down(*args, **kwargs) -> None:
+    pass
+
+
 def use_tuned_lora_kernels(model_path: str) -> None:
     """Point vLLM (its engine process inherits our environment) at tuneforge's tuned LoRA kernel configs
     for this model's shape, unless the user set VLLM_TUNED_CONFIG_FOLDER (engines/lora_slots.py)."""
@@ -327,10 +331,14 @@ class VLLMEngine:
         return not self.llm.errored
 
     async def shutdown(self) -> None:
-        self.llm.shutdown()
+        """Stops the engine's processes (waiting for them, then killing them: seconds), off the event loop."""
+        await asyncio.to_thread(self.llm.shutdown)
 
     def close(self) -> None:
         self.llm.shutdown()
+        # AsyncLLM.__del__ shuts down again at interpreter exit, when vLLM's module globals are already
+        # gone ("TypeError: 'NoneType' object is not callable"): once is enough
+        self.llm.shutdown = _already_shut_down
         if self._loop is not None and not self._loop.is_closed():
             pending = asyncio.all_tasks(self._loop)  # vLLM's output handler: stop it before the loop goes
             for task in pending:
