@@ -110,3 +110,25 @@ def test_compose_starts_mlflow_then_tuneforge_with_health_checks_on_real_routes(
         if name == "tuneforge":
             assert path in routes, f"{name} health check asks {path}, which the service does not have"
         assert service["healthcheck"]["start_period"]
+
+
+def test_the_fsdp_config_is_one_accelerate_reads_and_the_commands_it_names_exist():
+    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.utils import DistributedType
+
+    path = DEPLOY / "accelerate-fsdp.yaml"
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.distributed_type == DistributedType.FSDP and config.mixed_precision == "bf16"
+    fsdp = config.fsdp_config
+    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_use_orig_params"] is False  # PEFT mixes frozen and trainable parameters in a layer
+    # the launch command in the file's header and in the docs trains a shipped recipe with our CLI
+    for text in (path.read_text(), (REPO / "docs" / "scale-out.md").read_text()):
+        launch = re.search(
+            r"accelerate launch --config_file deploy/accelerate-fsdp.yaml -m tuneforge.cli (.*)", text
+        )
+        assert launch, "no launch command with the FSDP config"
+        argv = launch.group(1).split()
+        assert (REPO / argv[-1]).is_file()
+        assert_cli_accepts(argv)
