@@ -29,6 +29,13 @@ from tuneforge.models.loading import (
 )
 from tuneforge.models.speed_plan import SpeedPlan, plan_speed
 from tuneforge.train.builders import build_lora_config, choose_precision
+from tuneforge.train.checkpoints import (
+    disk_full_error,
+    free_bytes,
+    is_disk_full,
+    save_atomically,
+    save_checkpoints_atomically,
+)
 
 log = logging.getLogger(__name__)
 # Attention kernels with variable-length support: a packed row costs what its examples cost separately.
@@ -277,16 +284,30 @@ class LoRATrainer:
                 *(callbacks or []),
             ],
         )
+        save_checkpoints_atomically(self.trainer)
+        output_dir = Path(training_args.output_dir)
         try:
             result = self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except torch.OutOfMemoryError as e:
             raise TrainingError(oom_advice(training_args, self.plan)) from e
+        except TrainingError:
+            raise
+        except Exception as e:  # a full disk outside checkpoints: logs, the history file
+            if is_disk_full(e, output_dir):
+                raise disk_full_error(output_dir, "training files", None, e) from e
+            raise
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if has_eval and divergence.diverged_at is None:
             metrics.update(self.final_eval_metrics())
-        adapter_dir = Path(training_args.output_dir) / "adapter"
+        adapter_dir = output_dir / "adapter"
         if self.trainer.is_world_process_zero():
-            self.save_adapter(adapter_dir)
+            free_before = free_bytes(output_dir)
+            try:
+                self.save_adapter(adapter_dir)
+            except Exception as e:
+                if is_disk_full(e, output_dir):
+                    raise disk_full_error(output_dir, "the final adapter", None, e, free_before) from e
+                raise
         stopped = None
         if divergence.diverged_at is not None:
             stopped = "divergence"
@@ -305,17 +326,20 @@ class LoRATrainer:
     # ------------------------------------------------------------------ adapters
 
     def save_adapter(self, output_path: str | Path) -> Path:
-        """Adapter weights and config only (no base weights); under QLoRA also the 4-bit config."""
-        out = Path(output_path)
-        self.model.save_pretrained(out)
-        self.load_tokenizer().save_pretrained(out)
-        meta = {"base_model": self.reference, "lora": vars(self.lora_config).copy(), "quantization": None}
-        if self.use_quantization:
-            quant = quantization_config(self.quantization).to_dict()
-            (out / "quantization_config.json").write_text(json.dumps(quant, indent=2, default=str) + "\n")
-            meta["quantization"] = quant
-        (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        return out
+        """Adapter weights and config only (no base weights); under QLoRA also the 4-bit config. Written
+        atomically: a failed save leaves the folder as it was."""
+
+        def write(out: Path) -> None:
+            self.model.save_pretrained(out)
+            self.load_tokenizer().save_pretrained(out)
+            meta = {"base_model": self.reference, "lora": vars(self.lora_config).copy(), "quantization": None}
+            if self.use_quantization:
+                quant = quantization_config(self.quantization).to_dict()
+                (out / "quantization_config.json").write_text(json.dumps(quant, indent=2, default=str) + "\n")
+                meta["quantization"] = quant
+            (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+        return save_atomically(output_path, write)
 
     def load_adapter(self, adapter_path: str | Path):
         """The base model with a saved adapter applied (quantized again if it was trained with QLoRA)."""

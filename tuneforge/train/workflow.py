@@ -50,7 +50,7 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
 
     main = is_main_process()
     run_dir = Path(recipe.training.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(run_dir)  # before the model loads: a large one takes minutes
     checkpoint = last_good_checkpoint(run_dir) if resume != "never" else None
     if resume == "always" and checkpoint is None:
         raise TrainingError(f"--resume: {run_dir} has no complete checkpoint to resume from")
@@ -58,8 +58,15 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
     trainer = LoRATrainer(recipe.model.name_or_path, recipe.lora, recipe.model, recipe.quantization)
     prepared = DatasetPreprocessor(trainer.load_tokenizer(), recipe.data).prepare()
     if main:
-        prepared.save(run_dir / "data")
-        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        try:
+            prepared.save(run_dir / "data")
+            (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        except Exception as e:
+            from tuneforge.train.checkpoints import disk_full_error, is_disk_full
+
+            if is_disk_full(e, run_dir):
+                raise disk_full_error(run_dir, "the prepared data", None, e) from e
+            raise
     if recipe.training.auto_tune:
         from tuneforge.train.speedups import use_expandable_segments
 
@@ -111,6 +118,36 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
             tracker.set_tags({"stopped_early": outcome.stopped_early})
         tracker.end_run(outcome.metrics, "FINISHED", step=outcome.global_step)
     return outcome
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Create the run folder and write a file in it, or fail with a TrainingError naming the folder and
+    why. A real write, not os.access: root passes permission checks, not a read-only file system."""
+    import errno
+    import tempfile
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if isinstance(e, FileExistsError) or os.path.isfile(run_dir):
+            why = "it exists and is a file, not a folder"
+        elif e.errno == errno.ENOTDIR:
+            parent = next((p for p in run_dir.parents if os.path.isfile(p)), run_dir.parent)
+            why = f"{parent} is a file, not a folder"
+        elif e.errno == errno.EROFS:
+            why = "it is on a read-only file system"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            why = "permission denied"
+        else:
+            why = e.strerror or str(e)
+        raise TrainingError(
+            f"training.output_dir {run_dir} is not writable: {why}. Checkpoints, the adapter and the "
+            "prepared data go there; set training.output_dir to a folder you can write "
+            "(e.g. training.output_dir=runs/my-run)"
+        ) from None
 
 
 def metrics_so_far(trainer: LoRATrainer) -> dict[str, float]:
