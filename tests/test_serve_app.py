@@ -64,8 +64,8 @@ def test_failed_load_is_reported_by_health_and_ready():
         assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
 
 
-def test_dead_engine_fails_health():
-    with app_client(FakeEngine(healthy=False)) as client:
+def test_dead_engine_fails_health():  # with no restart left (restarts: test_reliability_serve.py)
+    with app_client(FakeEngine(healthy=False), engine_restarts=0) as client:
         assert client.get("/health").status_code == 503
 
 

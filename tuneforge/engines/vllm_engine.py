@@ -33,6 +33,7 @@ from tuneforge.engines.serving_profile import Device, plan_inference
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_GB = 1.0
+DEAD = "the vLLM engine process stopped (the server log has its last words)"
 
 
 def on_cpu() -> bool:
@@ -249,8 +250,8 @@ class VLLMEngine:
                 o = out.outputs[0]
                 produced += len(o.token_ids)
                 yield Chunk(o.text, len(ids), produced, o.finish_reason if out.finished else None)
-        except EngineDeadError as e:
-            raise EngineDead(f"the vLLM engine stopped: {e}") from e
+        except EngineDeadError as e:  # its message points at a log the client cannot see
+            raise EngineDead(DEAD) from e
         except ValueError as e:  # vLLM's own request validation
             raise InvalidRequest(str(e)) from e
 
@@ -284,6 +285,7 @@ class VLLMEngine:
     # -- adapters ------------------------------------------------------------------------------------
     async def load_adapter(self, name: str, path: str) -> None:
         from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         if not self.enable_lora:
             raise InvalidRequest("this engine was started without LoRA support", param="name")
@@ -291,13 +293,20 @@ class VLLMEngine:
         request = LoRARequest(name, old.lora_int_id if old else next(self._ids), str(path))
         try:
             await self.llm.add_lora(request)
+        except EngineDeadError as e:
+            raise EngineDead(DEAD) from e
         except (ValueError, OSError, KeyError) as e:  # a bad or missing adapter; engine failures propagate
             raise InvalidRequest(f"cannot load adapter '{name}' from {path}: {e}", param="path") from e
         self._adapters[name] = request
 
     async def unload_adapter(self, name: str) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         request = self._lora(name)
-        await self.llm.remove_lora(request.lora_int_id)
+        try:
+            await self.llm.remove_lora(request.lora_int_id)
+        except EngineDeadError as e:
+            raise EngineDead(DEAD) from e
         del self._adapters[name]
 
     def adapters(self) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Adapters at runtime: list, load, unload (also under vLLM's route names, so vLLM tooling works).
 
 A path must resolve inside the server's adapter directory (`adapter_dir`): `..` and links that lead
-outside it are refused with 403, and with no adapter directory, runtime loading is off.
+outside it are refused with 403, and with no adapter directory, runtime loading is off. Loading a name
+that is loaded from the same folder is a no-op (200), from another folder a 409; unloading waits for
+the requests using the adapter to finish (new ones get 404 meanwhile). The service does both.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ async def load_adapter(body: AdapterLoad, request: Request):
 
 @router.delete("/adapters/{name}", responses=ERRORS)
 async def unload_adapter(name: str, request: Request):
+    """Waits for the requests using the adapter to finish; `waited_for` says how many there were."""
     svc = service(request)
-    await svc.require_engine().unload_adapter(svc.adapter_for(name) or _not_base(name))
-    return {"unloaded": name}
+    if name in (svc.settings.name, svc.settings.model):
+        _not_base(name)
+    waited = await svc.unload_adapter(name)
+    return {"unloaded": name, "waited_for": waited}
 
 
 @router.post("/load_lora_adapter", responses=ERRORS)
@@ -78,7 +83,7 @@ async def _load(request: Request, name: str, path: str):
     if name == svc.settings.name:
         raise InvalidRequest(f"'{name}' is the base model's name; pick another", param="name")
     folder = resolve_inside(svc.settings.adapter_dir, path)
-    await svc.require_engine().load_adapter(name, str(folder))
+    await svc.load_adapter(name, str(folder))
     return {"loaded": name, "path": str(folder)}
 
 

@@ -1,12 +1,12 @@
 """The app factory: `build_app(settings)` returns the FastAPI app; the engine loads in the background,
-so /health answers at once and /ready says 503 (Retry-After) until the model is loaded.
+so /health answers at once and /ready says 503 (Retry-After) until the model is loaded. The service
+keeps the engine factory to start a new engine when one stops (settings.engine_restarts).
 
 Tests pass `engine_factory` to put a fake engine behind the real app.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneforge.engines.base import EngineError, InvalidRequest
-from tuneforge.models.resolve import generation_defaults
 from tuneforge.serve import admin, openai_routes, routes
 from tuneforge.serve.errors import HttpError, ServerError, Unauthorized, error_response, http_status
 from tuneforge.serve.metrics import ServerMetrics
@@ -53,27 +52,11 @@ def build_app(settings: ServeSettings, engine_factory: Callable | None = None) -
     metrics = ServerMetrics()
     svc = GenerationService(settings, metrics)
 
-    async def load() -> None:
-        try:
-            engine = await asyncio.to_thread(factory, settings)
-            svc.model_defaults = await asyncio.to_thread(
-                generation_defaults, settings.model, settings.cache_dir
-            )
-            for name, path in settings.adapters.items():
-                await engine.load_adapter(name, path)
-            svc.engine = engine
-            log.info("ready: %s", ", ".join(svc.model_names()))
-        except Exception as e:  # the process stays up and says why on /health and /ready
-            log.exception("the model failed to load")
-            svc.load_error = f"{type(e).__name__}: {e}"
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(load())
+        svc.start(factory)  # in the background; the factory is kept to restart a stopped engine
         yield
-        task.cancel()
-        if svc.engine is not None:
-            await svc.engine.shutdown()
+        await svc.stop()
 
     auth = [Depends(api_key_check(settings))] if settings.api_key else []
     app = FastAPI(

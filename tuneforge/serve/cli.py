@@ -53,6 +53,12 @@ def register(sub, fmt) -> None:
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allowed origin (repeatable)")
     p.add_argument("--max-pending", type=int, help="requests in progress before 429 (default 256)")
     p.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds (default 300)")
+    p.add_argument(
+        "--engine-restarts",
+        type=int,
+        help="how many times a stopped engine is started again over the server's life, its adapters "
+        "reloaded (default 3; 0: stay down)",
+    )
     p.add_argument("--cache-dir", help="cache folder for the embedded default")
     p.set_defaults(func=cmd_serve)
 
@@ -103,6 +109,7 @@ def settings_from_args(args: argparse.Namespace):
         cors_origins=args.cors_origins,
         max_pending=args.max_pending,
         request_timeout_s=args.request_timeout_s,
+        engine_restarts=args.engine_restarts,
         inference=inference,
         sampling=recipe.sampling,
         cache_dir=args.cache_dir or recipe.model.cache_dir,

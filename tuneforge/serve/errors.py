@@ -46,6 +46,35 @@ class NotReady(ServerError):
     retry_after = 5
 
 
+class EngineRestarting(NotReady):
+    """The engine stopped and the server is starting a new one: retry after a few seconds."""
+
+    kind = "engine_restarting"
+
+    def __init__(self, message: str, partial_text: str | None = None):
+        super().__init__(message)
+        if partial_text is not None:
+            self.partial_text = partial_text
+
+
+class EngineDown(ServerError):
+    """The engine stopped (or never loaded) and the server will not start another: no Retry-After, as
+    retrying here cannot help; a load balancer should send the request elsewhere."""
+
+    status, kind = 503, "engine_dead"
+
+    def __init__(self, message: str, partial_text: str | None = None, kind: str | None = None):
+        super().__init__(message)
+        if partial_text is not None:
+            self.partial_text = partial_text
+        if kind is not None:
+            self.kind = kind
+
+
+class Conflict(ServerError):
+    status, kind = 409, "conflict"
+
+
 class GenerationTimeout(ServerError):
     status, kind = 504, "timeout"
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 
+ENGINE_STATES = ["loading", "ready", "restarting", "failed", "dead"]
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -38,3 +39,16 @@ class ServerMetrics:
         )
         self.generated_tokens = Counter("tuneforge_generated_tokens", "Tokens generated", registry=r)
         self.prompt_tokens = Counter("tuneforge_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.engine_state = Enum(
+            "tuneforge_engine_state",
+            "The engine: loading, ready, restarting (it stopped; a new one is starting), failed (never "
+            "loaded) or dead (stopped, no restart left)",
+            states=ENGINE_STATES,
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "tuneforge_engine_restarts",
+            "Engine restarts after the engine stopped, by outcome (ok: serving again; failed)",
+            ["outcome"],
+            registry=r,
+        )

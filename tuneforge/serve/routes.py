@@ -19,7 +19,7 @@ from tuneforge.serve.protocol import (
 )
 from tuneforge.serve.service import GenerationService, with_cancellation
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 503, 504)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 429, 503, 504)}
 
 router = APIRouter()  # behind the API key, when one is set
 open_router = APIRouter()  # probes: never behind the key
@@ -95,20 +95,37 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@open_router.get("/health", summary="Liveness: 200 while the process and its engine are alive")
+@open_router.get(
+    "/health",
+    summary="Liveness: 200 while the server serves or is getting there (loading, restarting its engine); "
+    "503 when it cannot recover by itself",
+)
 async def health(request: Request):
     svc = service(request)
-    if svc.load_error or (svc.engine is not None and not svc.engine.is_healthy()):
-        reason = svc.load_error or "the engine stopped"
-        return JSONResponse({"status": "dead", "error": reason}, status_code=503)
-    return {"status": "ok", "engine": "ready" if svc.engine is not None else "loading"}
+    state = svc.state
+    if state in ("failed", "dead"):
+        body = {"status": "dead", "engine": state, "error": svc.load_error or svc.stop_reason}
+        return JSONResponse(body | {"restarts": svc.restarts}, status_code=503)
+    body = {"status": "ok", "engine": state}
+    if state == "restarting":
+        body |= {"error": svc.stop_reason, "restarts": svc.restarts}
+    return body
 
 
-@open_router.get("/ready", summary="Readiness: 503 with Retry-After until the model is loaded")
+@open_router.get(
+    "/ready",
+    summary="Readiness: 200 only while the engine serves; 503 otherwise, with Retry-After while it loads or "
+    "restarts",
+)
 async def ready(request: Request):
     svc = service(request)
-    if svc.engine is None:
-        status = "failed" if svc.load_error else "loading"
-        body = {"status": status, "error": svc.load_error}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return {"status": "ready", "models": svc.model_names(), "engine": svc.engine.describe()}
+    state = svc.state
+    restarts = {"restarts": svc.restarts, "restarts_left": svc.settings.engine_restarts - svc.restarts}
+    if state != "ready":
+        body = {"status": state, "error": svc.load_error or svc.stop_reason, **restarts}
+        retry = {"Retry-After": "5"} if state in ("loading", "restarting") else {}
+        return JSONResponse(body, status_code=503, headers=retry)
+    body = {"status": "ready", "models": svc.model_names(), "engine": svc.engine.describe(), **restarts}
+    if svc.not_reloaded:
+        body["adapters_not_reloaded"] = svc.not_reloaded
+    return body

@@ -37,6 +37,11 @@ class ServeSettings(BaseSettings):
     """Requests admitted at once (running or queued in the engine); more get 429 with Retry-After."""
     request_timeout_s: float = Field(300.0, gt=0)
     """A generation still running after this long ends with 504 and its partial text."""
+    engine_restarts: int = Field(3, ge=0)
+    """Engine restarts the server may make over its life after the engine stops (each attempt counts);
+    0: never, the server stays down and says so on /health and /ready."""
+    engine_restart_backoff_s: float = Field(2.0, ge=0)
+    """Wait before the first restart attempt after the engine stops, doubled after each failed attempt."""
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     """Engine settings (see `tuneforge config keys`, section inference)."""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
