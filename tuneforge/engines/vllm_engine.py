@@ -342,6 +342,7 @@ class VLLMEngine:
     async def shutdown(self) -> None:
         """Stops the engine's processes (waiting for them, then killing them: seconds), off the event loop."""
         await asyncio.to_thread(self.llm.shutdown)
+        self.llm.shutdown = _already_shut_down  # not again from AsyncLLM.__del__ at exit (see close)
 
     def close(self) -> None:
         self.llm.shutdown()
