@@ -1,107 +1,76 @@
-"""One page for a whole `tuneforge run`: what was run, what came out, where the details are. Imports no torch.
+"""One report for a whole `tuneforge run`: <run folder>/report.html (self-contained: inline CSS and SVG
+plots, readable offline) and report.md with the same sections. Imports no torch.
 
-Written to <run folder>/report.md from the stages' summaries (pipeline.json); each stage's own report
-(eval/report.html, bench/report.html, cost/cost.html) holds the detail and is linked.
+    python -m tuneforge.pipeline.report runs/demo-cpu     # render again from a recorded run folder
+
+Sections: the recipe, the data, loss and learning-rate curves, base against fine-tuned with the most
+changed cases, serving latency and throughput against load, resource use, cost with each price's date,
+source and check, and the time per stage (pipeline/sections.py). A stage that did not run is one line.
+Each stage's own report (eval/report.html, bench/report.html, cost/cost.html) keeps every detail.
 """
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from tuneforge.pipeline.stages import NAMES, Context
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+from tuneforge.cost.report import usd
+from tuneforge.pipeline.page import html_page, markdown, number
+from tuneforge.pipeline.record import RunRecord, read_run
+from tuneforge.pipeline.sections import build_sections
+from tuneforge.pipeline.stages import Context
+from tuneforge.results import load_label
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def markdown(ctx: Context) -> str:
-    from tuneforge.tables import duration
-
-    r, recipe = ctx.results, ctx.recipe
-    lines = [f"# {recipe.name}: {recipe.model.name_or_path}", ""]
-    lines += [
-        f"Data `{recipe.data.train_file}` (test `{recipe.data.test_file}`), LoRA r={recipe.lora.r} on "
-        f"{', '.join(recipe.lora.target_modules)}, {recipe.training.max_steps} steps, "
-        f"learning rate {recipe.training.learning_rate}.",
-        "",
-    ]
-    if "data" in r:
-        d = r["data"]["summary"]
-        lines += ["## Data", ""]
-        lines += _table(
-            ["records", "valid", "train", "validation", "tokens"],
-            [
-                [
-                    d.get("records"),
-                    d.get("valid"),
-                    d.get("train_examples"),
-                    d.get("validation_examples"),
-                    d.get("tokens"),
-                ]
-            ],
+def headline(rec: RunRecord) -> list[str]:
+    """The lines under the title: where the run is, when it finished, and what came out of it."""
+    where = f"Run folder {rec.folder}"
+    finished = [s["finished_at"] for s in rec.stages.values() if s.get("finished_at")]
+    if finished:
+        where += f"; last stage finished {datetime.fromtimestamp(max(finished), UTC):%Y-%m-%d %H:%M} UTC"
+    glance = []
+    losses = [h["loss"] for h in rec.history if "loss" in h]
+    if losses:
+        glance.append(f"training loss {number(losses[0])} -> {number(losses[-1])}")
+    if rec.compare and rec.compare["base"]["metrics"]:
+        name = next(iter(rec.compare["base"]["metrics"]))
+        base, tuned = (rec.compare[side]["metrics"][name]["mean"] for side in ("base", "finetuned"))
+        glance.append(f"{name} {base:.2f} base -> {tuned:.2f} fine-tuned")
+    if rec.bench and rec.bench["runs"]:
+        best = max(rec.bench["runs"], key=lambda r: r["summary"]["request_throughput_rps"])
+        rps = number(best["summary"]["request_throughput_rps"])
+        glance.append(f"{rps} requests/s at {load_label(best['load'])} on {rec.bench.get('server_device')}")
+    if rec.cost and rec.cost.get("training"):
+        glance.append(
+            f"training cost {usd(rec.cost['training']['cost_usd'])} on {rec.cost['instance']['name']}"
         )
-        lines.append("")
-    if "train" in r:
-        t = r["train"]["summary"]
-        lines += ["## Training", ""]
-        lines += _table(
-            ["steps", "train loss", "eval loss", "training time", "MLflow run"],
-            [[t.get("global_step"), t.get("train_loss"), t.get("eval_loss"),
-              duration(t["train_runtime"]) if t.get("train_runtime") else None, t.get("run_id")]],
-        )  # fmt: skip
-        lines.append("")
-    if "compare" in r:
-        c = r["compare"]["summary"]
-        lines += ["## Base against fine-tuned", ""]
-        names = list(c["finetuned"]["metrics"])
-        rows = [
-            [n, c["base"]["metrics"].get(n), c["finetuned"]["metrics"].get(n), c["delta"].get(n)]
-            for n in names
-        ]
-        if c["base"].get("perplexity") is not None:
-            rows.insert(0, ["perplexity", c["base"]["perplexity"], c["finetuned"]["perplexity"], None])
-        lines += _table(["metric", "base", "fine-tuned", "difference"], rows)
-        lines += ["", f"Every case, the most changed first: [{c['report']}]({c['report']})", ""]
-    if "bench" in r:
-        b = r["bench"]["summary"]
-        lines += [
-            "## Serving",
-            "",
-            f"Served on {b.get('device')}; details: [bench/report.html](bench/report.html)",
-            "",
-        ]
-        lines += _table(
-            ["load", "requests/s", "output tokens/s", "completed"],
-            [[lv["load"], lv["requests_per_s"], lv["output_tok_s"], lv["completed"]] for lv in b["levels"]],
-        )
-        lines.append("")
-    if "cost" in r:
-        lines += [
-            "## Cost",
-            "",
-            "Training and serving, measured and estimated: [cost/cost.html](cost/cost.html)",
-            "",
-        ]
-    lines += ["## Time per stage", ""]
-    lines += _table(
-        ["stage", "time"], [[n, duration(r[n]["seconds"])] for n in NAMES if n in r and n != "report"]
-    )
-    return "\n".join(lines) + "\n"
+    return [where] + (["At a glance: " + "; ".join(glance)] if glance else [])
+
+
+def render(rec: RunRecord) -> tuple[str, str]:
+    """(report.md, report.html) of a recorded run."""
+    model = (rec.recipe.get("model") or {}).get("name_or_path", "")
+    title = f"{rec.recipe.get('name', rec.folder.name)}: {model}" if model else rec.folder.name
+    sections, lead = build_sections(rec), headline(rec)
+    return markdown(title, lead, sections), html_page(title, lead, sections)
+
+
+def write_files(rec: RunRecord) -> Path:
+    """Write report.md and report.html into the run folder; returns report.html's path."""
+    md, page = render(rec)
+    (rec.folder / "report.md").write_text(md)
+    path = rec.folder / "report.html"
+    path.write_text(page)
+    return path
 
 
 def write_report(ctx: Context) -> Path:
-    path = ctx.folder / "report.md"
-    path.write_text(markdown(ctx))
-    return path
+    """The report stage of `tuneforge run`: from the stages done for this run's settings."""
+    from tuneforge.recipes import dump_recipe
+
+    return write_files(read_run(ctx.folder, ctx.results, dump_recipe(ctx.recipe)))
+
+
+if __name__ == "__main__":
+    print(write_files(read_run(sys.argv[1])))

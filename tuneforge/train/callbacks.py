@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import resource
@@ -15,19 +17,25 @@ from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json")
+HISTORY_FILE = "train_history.jsonl"  # read by tuneforge/pipeline/record.py (which imports no torch)
 
 
 class TrackingCallback(TrainerCallback):
-    """Logs every Trainer log (loss, learning rate, grad norm, eval metrics) plus tokens/s to MLflow,
-    and uploads each checkpoint's adapter as an artifact of the same run."""
+    """Logs every Trainer log (loss, learning rate, grad norm, eval metrics) plus tokens/s to MLflow and,
+    one JSON line per log, to <output_dir>/train_history.jsonl (the run report's curves, without MLflow);
+    uploads each checkpoint's adapter as an artifact of the same run."""
 
     def __init__(self, tracker, log_checkpoints: bool = True):
         self.tracker = tracker
         self.log_checkpoints = log_checkpoints
         self._last = (None, 0)  # (time, tokens seen) at the previous log
+        self._history: Path | None = None  # None: not written (another rank, or it could not be written)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), state.num_input_tokens_seen)
+        if state.is_world_process_zero:
+            self._history = Path(args.output_dir) / HISTORY_FILE
+            self._write_history(_keep_history_to, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
@@ -39,6 +47,23 @@ class TrackingCallback(TrainerCallback):
             self._last = (now, tokens)
         if self.tracker is not None and metrics:
             self.tracker.log_metrics(metrics, step=state.global_step)
+        if metrics:
+            self._write_history(_append_history, {"step": state.global_step, **metrics})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        memory, kind = peak_memory_gb()
+        record = {"step": state.global_step, "peak_memory_gb": memory, "peak_memory_of": kind}
+        self._write_history(_append_history, record)
+
+    def _write_history(self, write, arg) -> None:
+        """The history serves the report: a failure to write it (a full disk) is a warning, not a stop."""
+        if self._history is None:
+            return
+        try:
+            write(self._history, arg)
+        except OSError as e:
+            log.warning("cannot write %s (%s); training goes on without it", self._history, e)
+            self._history = None
 
     def on_save(self, args, state, control, **kwargs):
         if self.tracker is None or not self.log_checkpoints:
@@ -168,6 +193,23 @@ class EstimateCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.tracker is not None:
             self.tracker.log_metrics({"peak_memory_gb": peak_memory_gb()[0]}, step=state.global_step)
+
+
+def _keep_history_to(path: Path, step: int) -> None:
+    """A fresh run starts an empty history; a resumed one keeps what was logged up to its checkpoint."""
+    kept = []
+    if step > 0 and path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # a line half-written at a kill
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _append_history(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _duration(seconds: float) -> str:
