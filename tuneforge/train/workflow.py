@@ -87,8 +87,17 @@ def run_training(recipe: Recipe, resume: str = "auto") -> TrainOutcome:
             **flatten(data_stats, "dataset."),
             **trainer.plan.params(),
         }
-        tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
+        try:
+            tracker.start_run(recipe.tracking.experiment, params, run_name=recipe.name, run_id=previous)
+        except Exception as e:  # before training: stop here, with what to do
+            raise TrainingError(
+                f"tracking server {tracker.tracking_uri} (tracking.tracking_uri) cannot start the run: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Start it, or set "
+                "tracking.enabled=false to train without tracking"
+            ) from e
         tracker.record(run_dir)
+        # from here a tracking outage never stops training: calls are buffered and sent when it is back
+        tracker = tracker.buffered(run_dir)
         tracker.log_artifact(run_dir / "data" / "stats.json", "dataset")
         tracker.log_artifact(run_dir / "recipe.yaml")
         if checkpoint is not None:
