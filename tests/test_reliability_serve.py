@@ -340,6 +340,20 @@ def test_an_adapter_that_cannot_be_reloaded_is_named_and_the_others_serve(adapte
         assert r.json()["error"]["message"].endswith("load it with POST /v1/adapters")
 
 
+def test_an_adapter_load_that_meets_a_dying_engine_gets_a_503_not_a_hang(adapter_dir):
+    factory = Factory(load_delay=600)  # a call that the dead engine never answers
+    with (
+        live(factory, adapter_dir=str(adapter_dir)) as base,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        load = pool.submit(post, base, "/v1/adapters", {"name": "demo", "path": "demo"})
+        wait_for(lambda: factory.engine.loads_begun == 1, "the load to begin")
+        factory.engine.die()
+        r = load.result(10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["error"]["type"] == "engine_restarting"
+
+
 # -- adapters under traffic ----------------------------------------------------------------------------
 def test_unloading_an_adapter_lets_the_requests_using_it_finish(adapter_dir):
     factory = Factory(delay=0.05)

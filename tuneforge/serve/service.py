@@ -221,6 +221,7 @@ class GenerationService:
     async def _engine_call(self, engine, coro):
         """Await an engine call, giving up when the engine stops meanwhile (a call to a process that died
         may never be answered): then the error says what the server is doing about it."""
+        serving = engine is self.engine  # not while a (re)start loads its adapters
         task = asyncio.ensure_future(coro)
         try:
             while True:
@@ -230,7 +231,7 @@ class GenerationService:
                 if not engine.is_healthy():
                     raise EngineDead("the engine stopped")
         except EngineDead:
-            if engine is not self.engine or engine.is_healthy():  # not (or no longer) the serving one
+            if not serving or engine.is_healthy():
                 raise
             self._stopped(engine)
             raise self.unavailable() from None
