@@ -1,4 +1,4 @@
-# tuneforge: `make demo` runs the pipeline on the embedded default model; `make test` runs the tests.
+# tuneforge: `make demo` runs the pipeline (`tuneforge run`) on the embedded default model; `make test` runs the tests.
 # Both create .venv and install what they need on a fresh machine (Python >= 3.11, CPU).
 PYTHON ?= python3
 VENV   := .venv
@@ -32,13 +32,7 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(BIN)/tuneforge models prepare
-	$(BIN)/tuneforge data validate data/demo/train.jsonl data/demo/test.jsonl
-	$(BIN)/tuneforge data prepare $(RECIPE)
-	$(BIN)/tuneforge data stats $(RECIPE) --show 1
-	$(BIN)/tuneforge train $(RECIPE)
-	$(BIN)/tuneforge estimate $(RECIPE) --top 5
-	$(BIN)/tuneforge compare $(RECIPE) --adapter runs/demo-cpu/adapter
-	$(BIN)/python scripts/demo_serve.py --adapter runs/demo-cpu/adapter
+	$(BIN)/tuneforge run $(RECIPE)
 	@echo "MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
 
 lint: install-dev

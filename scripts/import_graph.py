@@ -1,6 +1,6 @@
 """Draw tuneforge's import graph between its parts, as Mermaid (GitHub renders it) or plain edges.
 
-    .venv/bin/python scripts/import_graph.py            # Mermaid, as in the README
+    .venv/bin/python scripts/import_graph.py            # Mermaid, as in docs/tour.md
     .venv/bin/python scripts/import_graph.py --edges    # one "from -> to (imports)" line per edge
 
 Built with grimp (import-linter's graph library) from the source, so it shows what the code imports, not
