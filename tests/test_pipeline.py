@@ -225,3 +225,19 @@ def test_the_example_shown_is_the_case_fine_tuning_improved_most():
     assert (ex["id"], ex["base"], ex["finetuned"], ex["metric"]) == ("t1", "b1", "t1", "json_exact")
     assert ex["prompt"] == "Text number 1."  # the prompt's last line, without the chat template's tokens
     assert most_improved_case({"base": {"cases": []}, "finetuned": {"cases": []}}) is None
+
+
+def test_a_stage_command_shows_its_tables_and_keeps_its_json_line_for_the_log(capsys, caplog):
+    import logging
+
+    from tuneforge.pipeline.stages import _command
+
+    def register(sub):
+        p = sub.add_parser("cost")
+        p.set_defaults(func=lambda args: print('price  $1\n{"big": "json"}') or 0)
+
+    with caplog.at_level(logging.INFO, logger="tuneforge.pipeline.stages"):
+        assert _command(register, ["cost"]) == 0
+    shown = capsys.readouterr().out
+    assert "price  $1" in shown and '"big"' not in shown
+    assert any('{"big": "json"}' in r.getMessage() for r in caplog.records)

@@ -230,11 +230,23 @@ def serving(ctx: Context):
 
 
 def _command(register: Callable, argv: list[str]) -> int:
-    """Run one of a stage's own commands in this process, parsed by that stage's own parser."""
+    """Run one of a stage's own commands in this process, parsed by that stage's own parser. Its tables
+    reach the terminal; its machine-readable JSON line (kilobytes) goes to the run's log instead."""
+    import io
+
     parser = argparse.ArgumentParser(prog="tuneforge")
     register(parser.add_subparsers())
     args = parser.parse_args(argv)
-    return args.func(args)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            return args.func(args)
+    finally:
+        for line in out.getvalue().splitlines():
+            if line.startswith("{"):
+                log.info("%s %s", argv[0], line)
+            else:
+                print(line)
 
 
 def run_bench(ctx: Context) -> Outcome:
