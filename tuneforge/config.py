@@ -312,8 +312,7 @@ class InferenceConfig:
     max_model_len: int | None = None
     """Longest prompt + completion in tokens; None uses the model's own limit."""
     quantization: str | None = None
-    """Serving quantization: None, fp8 (online, vLLM on GPUs of compute capability 8.9+), bitsandbytes,
-    awq or gptq."""
+    """Serving quantization: None, fp8 (online; vLLM, compute capability 8.9+), bitsandbytes, awq, gptq."""
     dtype: str = "auto"
     """Serving dtype: auto, float32, bfloat16 or float16."""
     engine: str = "auto"
@@ -329,8 +328,7 @@ class InferenceConfig:
     load_format: str = "auto"
     """vLLM weight loading: auto, or dummy (random weights of the model's shape, for benchmarks)."""
     profile: str = "throughput"
-    """throughput (the settings as given) or latency: fastest single stream, filling in unset settings
-    (engines/serving_profile.py says what and why)."""
+    """throughput (the settings as given) or latency (fastest single stream; engines/serving_profile.py)."""
     kv_cache_dtype: str = "auto"
     """vLLM KV cache dtype: auto (the model's) or fp8."""
     speculative: str | None = None
