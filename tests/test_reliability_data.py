@@ -91,9 +91,12 @@ def as_format(row: dict, kind: str) -> dict:
 def row_damage(draw, rows: list[dict]) -> None:
     """Damage rows in place, before they are written: wrong types, missing or huge fields, odd ids."""
     row = rows[draw(st.integers(0, len(rows) - 1))]
+    if not row:  # every field deleted by an earlier damage
+        return
     key = draw(st.sampled_from(sorted(row)))
     what = draw(st.sampled_from(["type", "delete", "huge", "surrogate", "turn", "turn_field"]))
     turns = row.get("messages") or row.get("conversations")
+    turns = turns if isinstance(turns, list) else None  # an earlier damage may have made it a string
     if what == "type":
         row[key] = draw(JSON_VALUES)
     elif what == "delete":
@@ -106,7 +109,7 @@ def row_damage(draw, rows: list[dict]) -> None:
         turns[draw(st.integers(0, len(turns) - 1))] = draw(JSON_VALUES)
     elif turns and what == "turn_field":
         turn = turns[draw(st.integers(0, len(turns) - 1))]
-        if isinstance(turn, dict):
+        if isinstance(turn, dict) and turn:
             turn[draw(st.sampled_from(sorted(turn)))] = draw(JSON_VALUES)
 
 
