@@ -74,6 +74,15 @@ def measure_levels(run, args, prompts: list[str], on_level=None) -> dict[int, di
     return out
 
 
+def stop(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:
     from tuneforge.engines.vllm_engine import VLLMEngine
 
@@ -143,11 +152,7 @@ def over_http(
         return measure_levels(lambda ps, spec: run_load(target, ps, spec, show_progress=False), args, prompts,
                               on_level)  # fmt: skip
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from serve_overhead import free_port, wait_ready  # noqa: E402
+from serve_overhead import stop as stop_server  # noqa: E402
 
 from tuneforge.bench.client import LoadSpec, run_load_async, synthetic_prompts  # noqa: E402
 from tuneforge.bench.targets import OpenAITarget  # noqa: E402
@@ -143,11 +144,7 @@ def main() -> int:
         served = metric(text, "tuneforge_requests_total", 'route="/v1/completions"')
         result = checks(records, samples, len(records), served, metric(text, "tuneforge_queue_depth"), args)
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     print(f"\n{'check':<20} {'held':<5} figures")
     for name, c in result.items():
         figures = ", ".join(
