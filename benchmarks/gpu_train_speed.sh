@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_train_speed.sh qlora8b   # llama3-8b-qlora's settings with Liger, and planned for 24 GB
 #   (qlora and qlora8b upcast embeddings, head and norms to fp32 as peft does: fp32=on, how they were measured)
 #   bash benchmarks/gpu_train_speed.sh qlora-bf16  # the same with them kept in bf16 (tuneforge's default now)
+#   bash benchmarks/gpu_train_speed.sh dropout   # the fixed setup at the shipped recipes' lora_dropout 0.05 vs 0
 # Wheels are installed once per machine under /root/extra (kept while the machine stays warm).
 set -uo pipefail
 out=${OUT:-/tmp}
@@ -25,6 +26,10 @@ for stage in "$@"; do
         --variants "plain+gc,plain,ours:auto=off;gc=on;attn=sdpa,ours:gc=off;liger=off;compile=off,ours:gc=off;liger=on;compile=off,ours:gc=off;liger=off;compile=on,ours" ;;
     varied) $bench --model .gpu-carry/llama-2-7b-shape --lengths lognormal --seq 2048 --batch 4 --steps 10 \
         --warmup 5 --targets $qkvo --variants "plain+gc,plain,ours:compile=off,ours" ;;
+    dropout) $bench --model .gpu-carry/llama-2-7b-shape --seq 1024 --batch 4 --steps 10 --targets $qkvo \
+            --dropout 0.05 --variants "plain+gc,ours" 2>&1 | tee "$out/train_dropout_005.txt" | tail -6
+        $bench --model .gpu-carry/llama-2-7b-shape --seq 1024 --batch 4 --steps 10 --targets $qkvo \
+            --dropout 0 --variants "ours" ;;
     qlora) $bench --model .gpu-carry/mistral-7b-shape --seq 2048 --batch 1 --steps 6 --targets $qkvo \
             --variants "ours:qlora=on;fp32=on;gc=on;liger=off,ours:qlora=on;fp32=on;gc=on,ours:qlora=on;fp32=on" 2>&1 | tee "$out/train_qlora_mistral.txt" | tail -8
         $bench --model .gpu-carry/llama-3-8b-shape --seq 2048 --batch 4 --steps 4 --r 64 --dropout 0.1 \

@@ -10,7 +10,9 @@ inference.* settings, then answers one request at a time (batch 1):
   metrics, so each option's accuracy cost and speculative decoding's acceptance rate show on real text.
 
 Variants join options with '+': default, fp8 (FP8 weights, online quantization), fp8kv (FP8 KV cache),
-ngram (n-gram speculative decoding, --spec-tokens per step), latency (what `--profile latency` picks), e.g.
+ngram (n-gram speculative decoding, --spec-tokens per step), latency (what `--profile latency` picks),
+gptq4 (the model folder as a 4-bit GPTQ checkpoint, group 128: random weights only, --load-format dummy),
+marlin (vLLM's Marlin weight-only kernels for fp8 and gptq4 instead of its W8A8 / Machete choice), e.g.
 
     python benchmarks/latency_profile.py /root/shapes/mistral-7b --load-format dummy --dtype bfloat16 \\
         --variants default,fp8,fp8+fp8kv,latency --prompt-len 128 --output-len 512
@@ -38,7 +40,38 @@ OPTIONS = {
     "fp8kv": {"kv_cache_dtype": "fp8"},
     "ngram": {"speculative": "ngram"},
     "latency": {"profile": "latency"},
+    "gptq4": {},
+    "marlin": {},
 }
+# Options that are not inference.* settings: environment for the variant's process, or a model folder change
+ENVIRONMENT = {
+    "marlin": {
+        "VLLM_TEST_FORCE_FP8_MARLIN": "1",
+        "VLLM_DISABLED_KERNELS": "MacheteLinearKernel,CutlassW4A8LinearKernel",
+    },
+}
+GPTQ4 = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}
+
+
+def variant_environment(variant: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for part in variant.split("+"):
+        env.update(ENVIRONMENT.get(part, {}))
+    return env
+
+
+def gptq4_folder(model: str, into: Path) -> Path:
+    """A copy of a model folder (config and tokenizer) whose config says 4-bit GPTQ, for dummy weights."""
+    import shutil
+
+    into.mkdir(parents=True, exist_ok=True)
+    for f in Path(model).iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy(f, into / f.name)
+    config = json.loads((into / "config.json").read_text())
+    config["quantization_config"] = GPTQ4
+    (into / "config.json").write_text(json.dumps(config, indent=2))
+    return into
 
 
 def variant_settings(variant: str, spec_tokens: int) -> dict:
@@ -108,7 +141,10 @@ def child(args, variant: str) -> None:
 
     t0 = time.time()
     adapters = [args.adapter] if args.adapter else []
-    engine = VLLMEngine.start(args.model, inference_config(variant, args), enable_lora=bool(adapters),
+    model = args.model
+    if "gptq4" in variant.split("+"):
+        model = str(gptq4_folder(args.model, Path(tempfile.mkdtemp(prefix="gptq4-"))))
+    engine = VLLMEngine.start(model, inference_config(variant, args), enable_lora=bool(adapters),
                               adapters=adapters)  # fmt: skip
     print(f"STARTED {time.time() - t0:.1f}", flush=True)
     print("ENGINE " + json.dumps(engine.describe(), default=str), flush=True)
@@ -153,7 +189,9 @@ def run_variant(args, variant: str, log_dir: Path) -> dict:
     t0 = time.time()
     with open(log, "w") as f:
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=args.wait).returncode
+            env = {**os.environ, **variant_environment(variant)}
+            done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=args.wait, env=env)
+            rc = done.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     lines = log.read_text().splitlines()
@@ -220,11 +258,17 @@ def main() -> None:
             variant_settings(v, args.spec_tokens)
         except ValueError as e:
             p.error(f"--variants: {e}")
+        if "gptq4" in v.split("+") and args.load_format != "dummy":
+            p.error(f"--variants: {v!r}: gptq4 relabels the weights as 4-bit; it needs --load-format dummy")
     if args.child:
         child(args, args.child)
         return
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)
-    rows = [run_variant(args, v, Path(args.log_dir)) for v in variants]
+    rows = []
+    for v in variants:  # each row also goes to a file as it lands, so a cut-off run keeps what it measured
+        rows.append(run_variant(args, v, Path(args.log_dir)))
+        with open(Path(args.log_dir) / "latency_rows.jsonl", "a") as f:
+            f.write(json.dumps({k: x for k, x in rows[-1].items() if k != "outputs"}) + "\n")
     print_table(rows)
     ref = rows[0]
     for r in rows:

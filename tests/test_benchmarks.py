@@ -146,6 +146,32 @@ def test_latency_profile_variants_combine_options_and_refuse_unknown_ones():
         lp.variant_settings("fp8+fp4", 4)
 
 
+def test_latency_profile_kernel_options_set_the_variant_process_environment_only():
+    lp = bench_module("latency_profile")
+    assert lp.variant_settings("fp8+marlin", 4) == {"quantization": "fp8"}
+    assert lp.variant_environment("fp8") == {}
+    env = lp.variant_environment("gptq4+marlin")
+    assert env["VLLM_TEST_FORCE_FP8_MARLIN"] == "1"
+    assert "MacheteLinearKernel" in env["VLLM_DISABLED_KERNELS"].split(",")
+
+
+def test_latency_profile_gptq4_folder_relabels_the_config_and_keeps_the_tokenizer(tmp_path):
+    lp = bench_module("latency_profile")
+    src = tmp_path / "shape"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"hidden_size": 64, "torch_dtype": "bfloat16"}))
+    (src / "tokenizer.json").write_text("{}")
+    (src / "model.safetensors").write_text("weights")
+    out = lp.gptq4_folder(str(src), tmp_path / "q")
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == 64
+    assert config["quantization_config"] == {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
+    }  # fmt: skip
+    assert (out / "tokenizer.json").exists() and not (out / "model.safetensors").exists()
+    assert "quantization_config" not in json.loads((src / "config.json").read_text())
+
+
 def test_latency_profile_summary_counts_decoding_after_the_first_token():
     lp = bench_module("latency_profile")
     answers = [  # 1 s in all, 0.1 s to the first token, 10 tokens: 9 more in 0.9 s = 100 ms each
