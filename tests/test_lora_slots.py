@@ -116,15 +116,33 @@ def test_shipped_kernel_configs_match_the_7b_8b_shape_only_and_are_what_vllm_rea
 
 
 def test_kernel_config_env_keeps_the_users_folder_and_follows_the_model_otherwise(tmp_path):
-    from tuneforge.engines.lora_slots import TUNED_ENV, kernel_config_env, tuned_kernel_folder
+    from tuneforge.engines.lora_slots import (
+        TUNED_ENV,
+        kernel_config_env,
+        tuned_kernel_folder,
+    )
 
     mistral, smol = _model(tmp_path / "m", MISTRAL), _model(tmp_path / "s", SMOL)
-    assert kernel_config_env(mistral, {TUNED_ENV: "/mine"}) == {}  # the user's own configs win
+    mine = kernel_config_env(mistral, {TUNED_ENV: "/mine"})
+    assert TUNED_ENV not in mine and "TUNEFORGE_SET_" + TUNED_ENV not in mine  # the user's own configs win
     ours = kernel_config_env(mistral, {})
     assert ours[TUNED_ENV] == str(tuned_kernel_folder(MISTRAL)) and ours["TUNEFORGE_SET_" + TUNED_ENV] == "1"
     # a later engine for another shape in the same process drops what we set, not a user's value
-    assert kernel_config_env(smol, {**ours}) == {TUNED_ENV: None, "TUNEFORGE_SET_" + TUNED_ENV: None}
-    assert kernel_config_env(tmp_path / "missing", {}) == {
-        TUNED_ENV: None,
-        "TUNEFORGE_SET_" + TUNED_ENV: None,
-    }
+    later = kernel_config_env(smol, {**ours})
+    assert later[TUNED_ENV] is None and later["TUNEFORGE_SET_" + TUNED_ENV] is None
+    missing = kernel_config_env(tmp_path / "missing", {})
+    assert missing[TUNED_ENV] is None and missing["TUNEFORGE_SET_" + TUNED_ENV] is None
+
+
+def test_kernel_config_env_turns_dual_stream_on_for_cuda_only_and_keeps_the_users_choice(tmp_path):
+    from tuneforge.engines.lora_slots import DUAL_STREAM_ENV, kernel_config_env
+
+    mistral = _model(tmp_path / "m", MISTRAL)
+    on = kernel_config_env(mistral, {}, cuda=True)
+    assert on[DUAL_STREAM_ENV] == "1" and on["TUNEFORGE_SET_" + DUAL_STREAM_ENV] == "1"
+    # vLLM refuses dual streams off CUDA: a CPU engine after a GPU one in the same process unsets ours
+    off = kernel_config_env(mistral, {**on}, cuda=False)
+    assert off[DUAL_STREAM_ENV] is None and off["TUNEFORGE_SET_" + DUAL_STREAM_ENV] is None
+    # a user's own value, "0" included, is never touched
+    assert DUAL_STREAM_ENV not in kernel_config_env(mistral, {DUAL_STREAM_ENV: "0"}, cuda=True)
+    assert DUAL_STREAM_ENV not in kernel_config_env(mistral, {DUAL_STREAM_ENV: "1"}, cuda=False)

@@ -28,7 +28,7 @@ from tuneforge.engines.base import (
     InvalidRequest,
     check_context,
 )
-from tuneforge.engines.lora_slots import TUNED_ENV, kernel_config_env, lora_slots
+from tuneforge.engines.lora_slots import DUAL_STREAM_ENV, TUNED_ENV, kernel_config_env, lora_slots
 from tuneforge.engines.serving_profile import Device, plan_inference
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,19 @@ def _already_shut_down(*args, **kwargs) -> None:
     pass
 
 
-def use_tuned_lora_kernels(model_path: str) -> None:
+def use_tuned_lora_kernels(model_path: str, cpu: bool) -> None:
     """Point vLLM (its engine process inherits our environment) at tuneforge's tuned LoRA kernel configs
-    for this model's shape, unless the user set VLLM_TUNED_CONFIG_FOLDER (engines/lora_slots.py)."""
-    for key, value in kernel_config_env(model_path, os.environ).items():
+    for this model's shape and, on CUDA, its dual-stream LoRA kernels, unless the user set either
+    (engines/lora_slots.py)."""
+    for key, value in kernel_config_env(model_path, os.environ, cuda=not cpu).items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
             if key == TUNED_ENV:
                 log.info("LoRA kernels: tuned configs from %s (where this GPU has them)", value)
+            elif key == DUAL_STREAM_ENV:
+                log.info("LoRA kernels: on a second CUDA stream (%s=1)", key)
 
 
 def this_device() -> Device:
@@ -190,7 +193,7 @@ class VLLMEngine:
             runtime_adapters=runtime_adapters,
         )
         if enable_lora:
-            use_tuned_lora_kernels(ref.path)
+            use_tuned_lora_kernels(ref.path, cpu=on_cpu())
         log.info("starting vLLM on %s (%s)", reference, ref.path)
         llm = AsyncLLM.from_engine_args(args)
         tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)
