@@ -50,7 +50,15 @@ ENVIRONMENT = {
         "VLLM_DISABLED_KERNELS": "MacheteLinearKernel,CutlassW4A8LinearKernel",
     },
 }
-GPTQ4 = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}
+# vLLM finds a GPTQ checkpoint's quantized layers from its safetensors metadata unless the config lists them;
+# dummy weights have no files, so the list is written out (without it every layer stays bf16)
+GPTQ4 = {
+    "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
+    "modules_in_block_to_quantize": [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"],
+    ],
+}  # fmt: skip
 
 
 def variant_environment(variant: str) -> dict[str, str]:

@@ -165,9 +165,12 @@ def test_latency_profile_gptq4_folder_relabels_the_config_and_keeps_the_tokenize
     out = lp.gptq4_folder(str(src), tmp_path / "q")
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] == 64
-    assert config["quantization_config"] == {
-        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
-    }  # fmt: skip
+    q = config["quantization_config"]
+    assert (q["quant_method"], q["bits"], q["group_size"]) == ("gptq", 4, 128)
+    assert q["desc_act"] is False and q["sym"] is True
+    # every linear layer of a decoder block listed: without the list vLLM quantizes none of them
+    listed = {m.split(".")[-1] for group in q["modules_in_block_to_quantize"] for m in group}
+    assert listed == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert (out / "tokenizer.json").exists() and not (out / "model.safetensors").exists()
     assert "quantization_config" not in json.loads((src / "config.json").read_text())
 
