@@ -84,3 +84,33 @@ def test_models_with_different_tokenizers_are_not_comparable_by_perplexity(token
     other = copy.deepcopy(tokenizer)
     other.add_tokens(["<new_token>"])
     assert not same_tokenizer(tokenizer, other)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cuda", "want"),
+    [
+        ([], False, "transformers"),  # CPU: transformers shares its model with the perplexity pass
+        ([], True, "vllm"),  # CUDA: vLLM when installed
+        (["inference.engine=vllm"], False, "vllm"),  # the server's engine when the recipe sets one
+        (["inference.engine=transformers"], True, "transformers"),
+        (["eval.engine=transformers", "inference.engine=vllm"], True, "transformers"),  # eval's own wins
+        (["eval.engine=vllm"], False, "vllm"),
+    ],
+)
+def test_comparison_engine_is_evals_then_the_servers_then_the_fastest_for_the_device(
+    overrides, cuda, want, monkeypatch
+):
+    from tuneforge.engines import select
+    from tuneforge.eval.workflow import generation_engine
+    from tuneforge.recipes import load_recipe
+
+    monkeypatch.setattr(select, "vllm_installed", lambda: True)
+    assert generation_engine(load_recipe("configs/demo-cpu.yaml", overrides), cuda) == want
+
+
+def test_an_unknown_comparison_engine_is_refused_with_its_choices():
+    from tuneforge.errors import ConfigError
+    from tuneforge.recipes import load_recipe
+
+    with pytest.raises(ConfigError, match=r"engine.*auto.*vllm.*transformers"):
+        load_recipe("configs/demo-cpu.yaml", ["eval.engine=tgi"])

