@@ -83,6 +83,27 @@ def p99(values: list[float]) -> float | None:
     return values[min(len(values) - 1, int(0.99 * len(values)))]
 
 
+def quantile(sorted_values: list[float], q: float) -> float | None:
+    return (
+        round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
+        if sorted_values
+        else None
+    )
+
+
+def windows(records, args) -> list[dict]:
+    """Latency of each --window after warm-up (requests by start time): count, p50, p95, p99 seconds, so a
+    drift shows as a trend and one slow request as a blip."""
+    ok, rows, start = [r for r in records if r.ok], [], args.warmup
+    while start + args.window <= args.duration + 1e-9:
+        e2e = sorted(r.e2e_s for r in ok if start <= r.start_s < start + args.window)
+        rows.append(
+            {"from_s": start, "n": len(e2e), **{f"p{q}_s": quantile(e2e, q / 100) for q in (50, 95, 99)}}
+        )
+        start += args.window
+    return rows
+
+
 def checks(records, samples: list[dict], sent: int, served: float, end_queue: float | None, args) -> dict:
     """Each guarantee with the figures behind it and whether it held."""
     ok = [r for r in records if r.ok]
@@ -145,6 +166,11 @@ def main() -> int:
         result = checks(records, samples, len(records), served, metric(text, "tuneforge_queue_depth"), args)
     finally:
         stop_server(server)
+    per_window = windows(records, args)
+    print(f"\n{'window from':>12} {'requests':>9} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}")
+    for w in per_window:
+        cells = " ".join(f"{w[k] or 0:>7.2f}" for k in ("p50_s", "p95_s", "p99_s"))
+        print(f"{w['from_s']:>11.0f}s {w['n']:>9} {cells}")
     print(f"\n{'check':<20} {'held':<5} figures")
     for name, c in result.items():
         figures = ", ".join(
@@ -153,7 +179,7 @@ def main() -> int:
         print(f"{name:<20} {'yes' if c['ok'] else 'NO':<5} {figures}")
     summary = {"benchmark": "soak", "model": args.model, "engine": args.engine, "duration_s": args.duration,
                "concurrency": args.concurrency, "requests": len(records), "wall": round(wall, 1)}  # fmt: skip
-    print(json.dumps({**summary, "checks": result, "samples": samples}))
+    print(json.dumps({**summary, "checks": result, "windows": per_window, "samples": samples}))
     return 0 if all(c["ok"] for c in result.values()) else 1
 
 

@@ -72,3 +72,16 @@ def test_metric_sums_the_samples_whose_labels_match():
     ])  # fmt: skip
     assert soak().metric(text, "tuneforge_requests_total", 'route="/v1/completions"') == 43.0
     assert soak().metric(text, "tuneforge_queue_depth") == 0.0
+
+
+def test_windows_give_each_minute_after_warm_up_its_own_percentiles():
+    # 10 requests per 10 s window after the 10 s warm-up; the window from 30 s has one slow request
+    records = [
+        RequestRecord(ok=True, start_s=float(i), e2e_s=5.0 if i == 35 else 1.0 + i / 100) for i in range(60)
+    ]
+    rows = soak().windows(records, ARGS)
+    assert [w["from_s"] for w in rows] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert all(w["n"] == 10 for w in rows)
+    assert rows[0]["p50_s"] == 1.15 and rows[0]["p99_s"] == 1.19  # starts 10..19: the 6th and 10th
+    assert rows[2]["p99_s"] == 5.0 and rows[2]["p50_s"] == 1.36  # the blip moves p99 only
+    assert rows[3]["p99_s"] == 1.49
