@@ -97,31 +97,32 @@ class StepEngine:
 
 
 def minimal_app(engine: StepEngine):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
+    """The same route with nothing around it: Starlette, one StreamingResponse of `data:` lines."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
 
     from tuneforge.config import SamplingParams
 
-    app = FastAPI()
+    async def ready(request):
+        return JSONResponse({"status": "ready"})
 
-    @app.get("/ready")
-    async def ready():
-        return {"status": "ready"}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
+    async def completions(request):
         body = await request.json()
         sampling = SamplingParams(temperature=0.0, max_tokens=body["max_tokens"])
 
         async def events():
             async for c in engine.stream(body["prompt"], sampling):
-                choice = {"index": 0, "text": c.text, "finish_reason": c.finish_reason}
-                yield f"data: {json.dumps({'object': 'text_completion', 'choices': [choice]})}\n\n"
+                event = {"object": "text_completion", "choices": [{"index": 0, "text": c.text}]}
+                if c.finish_reason is not None:  # usage in the last chunk, as OpenAI's include_usage
+                    event["usage"] = {"prompt_tokens": c.prompt_tokens,
+                                      "completion_tokens": c.completion_tokens}  # fmt: skip
+                yield f"data: {json.dumps(event)}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    return app
+    return Starlette(routes=[Route("/ready", ready), Route("/v1/completions", completions, methods=["POST"])])
 
 
 def serve(kind: str, port: int, step_s: float) -> None:

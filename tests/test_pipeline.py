@@ -205,6 +205,9 @@ def test_without_verbose_the_terminal_keeps_tuneforge_lines_and_warnings_only():
     assert ours_or_warning(record("vllm.engine", logging.WARNING))
     assert not ours_or_warning(record("vllm.engine", logging.INFO))
     assert not ours_or_warning(record("tuneforgex", logging.INFO))  # a prefix is not our package
+    # the stage commands' JSON (kilobytes for cost) goes to run.log only
+    assert not ours_or_warning(record("tuneforge.pipeline.commands", logging.INFO))
+    assert ours_or_warning(record("tuneforge.pipeline.commands", logging.WARNING))
 
 
 def test_the_example_shown_is_the_case_fine_tuning_improved_most():
@@ -236,7 +239,7 @@ def test_a_stage_command_shows_its_tables_and_keeps_its_json_line_for_the_log(ca
         p = sub.add_parser("cost")
         p.set_defaults(func=lambda args: print('price  $1\n{"big": "json"}') or 0)
 
-    with caplog.at_level(logging.INFO, logger="tuneforge.pipeline.stages"):
+    with caplog.at_level(logging.INFO, logger="tuneforge.pipeline.commands"):
         assert _command(register, ["cost"]) == 0
     shown = capsys.readouterr().out
     assert "price  $1" in shown and '"big"' not in shown

@@ -82,7 +82,7 @@ def wait_ready(base: str, proc, log: Path, timeout: float = 900, watch=None) -> 
 
 
 def sse_json(raw: str) -> list:
-    """The events of an SSE body, without sse-starlette's keep-alive comments (`: ping`, every 15 s)."""
+    """The events of an SSE body (comment lines such as keep-alive pings skipped)."""
     return sse_data("".join(block + "\n\n" for block in raw.split("\n\n") if block and block[0] != ":"))
 
 

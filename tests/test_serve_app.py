@@ -99,6 +99,31 @@ def test_timeout_is_504_with_the_partial_text():
         assert client.engine.cancelled == 2  # both generations were stopped in the engine
 
 
+def test_the_deadline_holds_when_it_passes_while_a_chunk_is_being_sent():
+    """The engine has every chunk ready at once, so no wait for it is ever cut: the deadline must still end
+    the stream at the next chunk once it has passed during a slow send."""
+    from tuneforge.config import SamplingParams
+    from tuneforge.serve.errors import GenerationTimeout
+    from tuneforge.serve.metrics import ServerMetrics
+    from tuneforge.serve.service import GenerationService
+
+    async def consume() -> tuple[list[str], GenerationTimeout | None]:
+        svc = GenerationService(ServeSettings(request_timeout_s=0.1), ServerMetrics())
+        svc.engine = FakeEngine(max_model_len=1024)
+        got: list[str] = []
+        try:
+            async for chunk in svc._timed("a", SamplingParams(max_tokens=20), None):
+                got.append(chunk.text)
+                await asyncio.sleep(0.04)  # a slow client: the deadline passes here, not in the engine
+        except GenerationTimeout as e:
+            return got, e
+        return got, None
+
+    got, error = asyncio.run(consume())
+    assert error is not None and 2 <= len(got) <= 4  # 0.1 s at 0.04 s a chunk, not all 20
+    assert error.partial_text == "".join(got)
+
+
 def test_sampling_defaults_come_from_the_request_then_the_recipe_then_the_model_then_openai(tmp_path):
     from tuneforge.config import SamplingParams
 

@@ -177,3 +177,14 @@ def test_any_plan_keeps_the_effective_batch_and_fits_its_budget_when_it_says_it_
                 checkpointed_layers=0, liger=p.liger, compiled=p.compile,
             )["peak_gb"]  # fmt: skip
             assert no_ckpt > p.budget_gb
+
+
+@pytest.mark.parametrize(("dropout", "noted"), [(0.0, False), (0.05, True), (0.1, True)])
+def test_the_plan_says_what_a_lora_dropout_costs_and_keeps_it(dropout, noted):
+    cfg = TrainingConfig(per_device_train_batch_size=4, gradient_accumulation_steps=4)
+    lora = LoRAConfig(r=16, lora_dropout=dropout, target_modules=["all-linear"])
+    p = plan_speed(cfg, lora, MODEL, 2048, gpu(139.0), MISTRAL, "lora", "mistral")
+    notes = [r for r in p.reasons if r.startswith("lora_dropout")]
+    assert bool(notes) == noted
+    if noted:
+        assert f"lora_dropout {dropout:g} as the recipe sets it" in notes[0] and "lora_dropout: 0" in notes[0]

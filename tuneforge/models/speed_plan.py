@@ -27,6 +27,9 @@ MIN_MICRO_TOKENS = 2048  # below this (and below the recipe's), prefer checkpoin
 # below this, compiling the layers costs more than it gains (SmolLM2-135M on an H200: 0.46x the plain loop
 # over 40 steps with the compile, 15-40 s of it, and not faster after it)
 COMPILE_MIN_PARAMS = 1_000_000_000
+# tokens/s lost to lora_dropout 0.05 (Llama-2-7B shape, r16 q,k,v,o, seq 1024 x 4, compiled layers, H200:
+# 14,943 against 18,171; benchmarks/RESULTS.md)
+DROPOUT_COST = 0.18
 # model types Liger Kernel patches (liger_kernel.transformers.monkey_patch); checked again at load time
 LIGER_MODEL_TYPES = (
     "llama",
@@ -188,6 +191,12 @@ def plan_speed(
             )
     if liger and not compile_:
         reasons.append("Liger's RMSNorm, RoPE and SwiGLU in the eager decoder layers")
+    if lora.lora_dropout > 0:
+        reasons.append(
+            f"lora_dropout {lora.lora_dropout:g} as the recipe sets it: a dropout on each adapter's input "
+            f"cost {DROPOUT_COST:.0%} of tokens/s on an H200 (7B, compiled layers); "
+            "lora.lora_dropout: 0 is the fast path"
+        )
 
     if shape is None:
         pinned = bool(training.gradient_checkpointing)

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# the stage commands' JSON results (kilobytes for cost): run.log only, never the terminal
+COMMANDS_LOG = "tuneforge.pipeline.commands"
 
 
 def ours_or_warning(record: logging.LogRecord) -> bool:
+    if record.name == COMMANDS_LOG:
+        return record.levelno >= logging.WARNING
     return record.levelno >= logging.WARNING or record.name.split(".")[0] == "tuneforge"
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from tuneforge.config import Recipe
 from tuneforge.errors import TuneforgeError
+from tuneforge.pipeline.console import COMMANDS_LOG
 from tuneforge.recipes import dump_recipe
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def _command(register: Callable, argv: list[str]) -> int:
     finally:
         for line in out.getvalue().splitlines():
             if line.startswith("{"):
-                log.info("%s %s", argv[0], line)
+                logging.getLogger(COMMANDS_LOG).info("%s %s", argv[0], line)
             else:
                 print(line)
 
