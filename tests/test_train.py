@@ -467,3 +467,18 @@ def test_a_run_folder_records_its_run_and_later_stages_attach_to_it(tmp_path):
     assert MlflowClient(uri).get_run(run_id).data.metrics == {"eval/x": 0.5}
     with pytest.raises(MlflowException, match="no-such-run"):
         ExperimentTracker.for_run("no-such-run", uri)
+
+
+@pytest.mark.parametrize(
+    ("asked", "has", "want"), [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_bf16_on_a_cpu_only_when_asked_and_the_cpu_has_bf16_instructions(
+    asked, has, want, monkeypatch, caplog
+):
+    from tuneforge.config import TrainingConfig
+    from tuneforge.train import builders
+
+    monkeypatch.setattr(builders, "cpu_has_bf16", lambda: has)
+    p = builders.choose_precision(TrainingConfig(bf16=asked, fp16=False), "cpu")
+    assert (p.bf16, p.fp16) == (want, False)
+    assert ("no bf16 instructions" in caplog.text) == (asked and not has)

@@ -60,6 +60,6 @@ def register(sub, fmt) -> None:
     p.add_argument("--force", help="run these stages even if done (comma-separated)")
     p.add_argument("--instance", default="c7i.large", help="catalog instance that prices the run")
     p.add_argument("--concurrency", default="1,4", help="benchmark levels (default 1,4)")
-    p.add_argument("--requests", type=int, default=12, help="benchmark requests per level (default 12)")
+    p.add_argument("--requests", type=int, default=8, help="benchmark requests per level (default 8)")
     p.add_argument("--output-len", type=int, default=48, help="benchmark max_tokens (default 48)")
     p.set_defaults(func=cmd_run)

@@ -47,7 +47,7 @@ class Options:
     """What `tuneforge run` takes besides the recipe."""
 
     concurrency: list[int] = field(default_factory=lambda: [1, 4])
-    requests: int = 12
+    requests: int = 8
     output_len: int = 48
     instance: str = "c7i.large"
     """Catalog instance that prices the run (the machine it ran on, or the one to compare with)."""

@@ -41,19 +41,31 @@ class Precision:
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
 
 
+def cpu_has_bf16() -> bool:
+    """bf16 matmul instructions on this CPU (AVX512-BF16 or AMX); without them bf16 autocast is emulated
+    and slower than fp32."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def choose_precision(cfg: TrainingConfig, device: str | None = None) -> Precision:
-    """bf16 where the GPU has it (also when fp16 was asked for), fp16 on older GPUs, fp32 on CPU
-    unless bf16 is asked for explicitly. fp16 on a CPU is ignored with a warning, never an error."""
+    """bf16 where the GPU has it (also when fp16 was asked for), fp16 on older GPUs. On CPU: fp32, or bf16
+    autocast when asked for and the CPU has bf16 instructions (the demo's 40 steps on this 2-core EPYC with
+    AVX512-BF16: about 5 s a step against 6); fp16 on a CPU is ignored with a warning, never an error."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
+        bf16 = cfg.bf16 and cpu_has_bf16()
+        if cfg.bf16 and not bf16:
+            log.warning("training.bf16 ignored: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so "
+                        "bf16 would be slower than fp32; training in fp32")  # fmt: skip
         if cfg.fp16:
-            log.warning(
-                "training.fp16 is ignored on CPU (no fp16 kernels there); training in %s",
-                "bf16" if cfg.bf16 else "fp32",
-            )
-        return Precision(device, bf16=cfg.bf16, fp16=False)
+            log.warning("training.fp16 is ignored on CPU (no fp16 kernels there); training in %s",
+                        "bf16" if bf16 else "fp32")  # fmt: skip
+        return Precision(device, bf16=bf16, fp16=False)
     if cfg.bf16 or cfg.fp16:
         if torch.cuda.is_bf16_supported():
             return Precision(device, bf16=True, fp16=False)
