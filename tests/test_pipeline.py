@@ -208,6 +208,10 @@ def test_without_verbose_the_terminal_keeps_tuneforge_lines_and_warnings_only():
     # the stage commands' JSON (kilobytes for cost) goes to run.log only
     assert not ours_or_warning(record("tuneforge.pipeline.commands", logging.INFO))
     assert ours_or_warning(record("tuneforge.pipeline.commands", logging.WARNING))
+    # bitsandbytes' CPU backend warns at import about an optional package: run.log only, errors still shown
+    assert not ours_or_warning(record("bitsandbytes.backends.cpu.ops", logging.WARNING))
+    assert ours_or_warning(record("bitsandbytes.backends.cpu.ops", logging.ERROR))
+    assert ours_or_warning(record("bitsandbytes.nn", logging.WARNING))
 
 
 def test_the_example_shown_is_the_case_fine_tuning_improved_most():

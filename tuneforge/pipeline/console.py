@@ -15,11 +15,16 @@ from typing import Any
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # the stage commands' JSON results (kilobytes for cost): run.log only, never the terminal
 COMMANDS_LOG = "tuneforge.pipeline.commands"
+# warnings a reader cannot act on, kept in run.log: bitsandbytes' CPU backend looks for an optional
+# kernels package at import, which plain LoRA never uses
+RUN_LOG_ONLY = ("bitsandbytes.backends.cpu",)
 
 
 def ours_or_warning(record: logging.LogRecord) -> bool:
     if record.name == COMMANDS_LOG:
         return record.levelno >= logging.WARNING
+    if record.name.startswith(RUN_LOG_ONLY) and record.levelno < logging.ERROR:
+        return False
     return record.levelno >= logging.WARNING or record.name.split(".")[0] == "tuneforge"
 
 
@@ -36,6 +41,7 @@ def route_logs(folder: Path, verbose: bool) -> Path:
             handler.addFilter(ours_or_warning)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its engine processes inherit this
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Saving the dataset" bars
     root.addHandler(file)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     return path
