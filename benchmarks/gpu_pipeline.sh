@@ -27,7 +27,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp}
 mkdir -p "$out"
-export PYTHONPATH=/root/site:/root/extra:$PWD PATH=/root/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
+export PYTHONPATH=/root/site:/root/extra:$PWD PATH=/root/pyspy/bin:/root/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
     VLLM_USE_FLASHINFER_SAMPLER=0 TUNEFORGE_CACHE=/root/tf-cache
 tf="python3 -m tuneforge.cli"
 run=/root/runs/demo-gpu
@@ -51,6 +51,7 @@ for stage in "$@"; do
             && python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site stage/*.whl \
             && cd - >/dev/null \
             && python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site .stage/p4/wheels/*.whl \
+            && python3 -m pip install -q --no-index --no-deps --target /root/pyspy .stage/p4/wheels/py_spy*.whl \
             && mkdir -p /root/shapes && cp -r .stage/p4/mistral-7b .stage/p4/smollm2-135m /root/shapes/ \
             && python3 -c "import vllm.entrypoints.openai.api_server, tuneforge.serve.app" || exit 3 ;;
     lora)
