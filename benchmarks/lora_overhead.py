@@ -10,7 +10,8 @@ one batch. The baseline is the same model served without LoRA (setting `nolora`)
 
 Settings: nolora (enable_lora off), wide (room for 4 adapters of rank 64: what an engine keeps when
 adapters may be loaded at runtime), sized (the engine told which adapter it serves, as `serve --adapter`
-and `compare` do: room for 1 of its rank, engines/lora_slots.py). A setting whose
+and `compare` do: room for 1 of its rank, engines/lora_slots.py), single (sized with vLLM's dual-stream
+LoRA kernels off, VLLM_LORA_ENABLE_DUAL_STREAM=0: the same-run baseline for them). A setting whose
 engine has not answered within --wait seconds gets its stacks dumped (py-spy when on the PATH) and stopped.
 Prints a table, then a JSON line.
 """
@@ -27,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = ("nolora", "wide", "sized")
+SETTINGS = ("nolora", "wide", "sized", "single")
+# single: sized with vLLM's dual-stream LoRA kernels off (tuneforge turns them on on CUDA unless set)
 MODULES = {  # PEFT module -> (input, output) feature sizes, from the model's config
     "q_proj": ("hidden", "q"),
     "k_proj": ("hidden", "kv"),
@@ -104,7 +106,7 @@ def child(args, setting: str, adapter: str) -> None:
 
     lora = setting != "nolora"
     t0 = time.time()
-    served = [adapter] if setting == "sized" else []
+    served = [adapter] if setting in ("sized", "single") else []
     engine = VLLMEngine.start(args.model, inference_config(setting, args), enable_lora=lora, adapters=served)
     print(f"STARTED {time.time() - t0:.1f}", flush=True)
     print("ENGINE " + json.dumps(engine.describe(), default=str), flush=True)
@@ -132,6 +134,8 @@ def run_setting(args, setting: str, adapter: str, log_dir: Path) -> tuple[list[d
     log = log_dir / f"lora_overhead_{setting}.log"
     cmd = [sys.executable, __file__, "--child", setting, "--adapter", adapter, *sys.argv[1:]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    if setting == "single":
+        env["VLLM_LORA_ENABLE_DUAL_STREAM"] = "0"
     t0 = time.time()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
