@@ -114,3 +114,18 @@ def test_an_unknown_comparison_engine_is_refused_with_its_choices():
 
     with pytest.raises(ConfigError, match=r"engine.*auto.*vllm.*transformers"):
         load_recipe("configs/demo-cpu.yaml", ["eval.engine=tgi"])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_compare_results_reach_mlflow_only_with_tracking_on(enabled, tmp_path, monkeypatch):
+    from tuneforge.eval import report, workflow
+    from tuneforge.recipes import load_recipe
+
+    logged = []
+    monkeypatch.setattr(report, "generate_report", lambda results, out, title: None)
+    monkeypatch.setattr(workflow, "log_to_mlflow", lambda *a: logged.append(a) or "run-1")
+    overrides = [f"tracking.enabled={str(enabled).lower()}", f"training.output_dir={tmp_path}"]
+    recipe = load_recipe("configs/demo-cpu.yaml", overrides)
+    out, run_id = workflow.save_results(recipe, {}, "t", str(tmp_path / "adapter"))
+    assert out == tmp_path / "eval"
+    assert (run_id, len(logged)) == (("run-1", 1) if enabled else (None, 0))

@@ -223,13 +223,16 @@ def run_compare(
 def save_results(
     recipe: Recipe, results: dict[str, Any], title: str, adapter: str | None
 ) -> tuple[Path, str | None]:
-    """Write the reports (Markdown, HTML, JSON) to eval.output_dir (default <training.output_dir>/eval) and
-    add them to the training run the adapter's run folder recorded; (report folder, MLflow run id)."""
+    """Write the reports (Markdown, HTML, JSON) to eval.output_dir (default <training.output_dir>/eval) and,
+    unless tracking.enabled is false, add them to the training run the adapter's run folder recorded;
+    (report folder, MLflow run id)."""
     from tuneforge.eval.report import generate_report
 
     out = Path(recipe.eval.output_dir or Path(recipe.training.output_dir) / "eval")
     generate_report(results, out, title)
     run_folder = Path(adapter).parent if adapter else Path(recipe.training.output_dir)
+    if not recipe.tracking.enabled:  # tracking off means no MLflow writes, not even to the adapter's run
+        return out, None
     return out, log_to_mlflow(results, out, run_folder)
 
 
