@@ -31,6 +31,7 @@ import httpx
 from tuneforge.bench.client import LoadSpec, run_load, run_load_async, synthetic_prompts
 from tuneforge.bench.stats import summarize
 from tuneforge.bench.targets import EngineTarget, OpenAITarget
+from tuneforge.command import stop_process
 from tuneforge.config import InferenceConfig, SamplingParams
 
 
@@ -74,13 +75,7 @@ def measure_levels(run, args, prompts: list[str], on_level=None) -> dict[int, di
     return out
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 60) -> None:
-    """Stop a server process: SIGTERM, then SIGKILL if it is still there after `grace_s`."""
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+stop = stop_process  # api_overhead.py and soak.py import it from here
 
 
 def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:

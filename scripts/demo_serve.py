@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from tuneforge.command import stop_process
+
 BIN = Path(sys.executable).parent
 TUNEFORGE = [sys.executable, "-m", "tuneforge.cli"]  # also where tuneforge is on PYTHONPATH, not installed
 # a held-out case in the training format (alpaca: instruction, blank line, input)
@@ -114,11 +116,7 @@ def main() -> int:
              "--requests", str(args.requests), "--prompts", "data/demo/test.jsonl", "--output-len", "48",
              "--server-pid", str(server.pid), "--out", str(bench_dir)])  # fmt: skip
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
 
     run_file = Path(args.adapter).parent / "mlflow_run.json"
     price = shlex.split(args.cost_args) or ["--instance", args.instance]

@@ -192,3 +192,25 @@ def test_import_graph_draws_stages_side_by_side_and_matches_the_readme():
     assert done.returncode == 0, done.stderr  # exits non-zero when one stage imports another
     assert "train --> models" in done.stdout and "serve --> engines" in done.stdout
     assert done.stdout.strip() in (REPO / "docs" / "tour.md").read_text()  # the tour shows the graph as it is
+
+
+def test_stop_process_terminates_then_kills_what_ignores_sigterm():
+    import subprocess
+    import sys
+    import time
+
+    from tuneforge.command import stop_process
+
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stop_process(polite, grace_s=10)
+    assert polite.returncode == -15  # SIGTERM was enough
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert stubborn.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    stop_process(stubborn, grace_s=0.5)
+    stubborn.wait(10)
+    assert stubborn.returncode == -9 and time.monotonic() - t0 < 10  # killed after the grace period

@@ -29,6 +29,8 @@ from serve_client import sse_json as sse_data
 from test_serve_app import free_port
 from test_serve_real import CHAT, random_adapter
 
+from tuneforge.command import stop_process
+
 pytestmark = [pytest.mark.reliability, pytest.mark.vllm, pytest.mark.slow]
 
 LEAKS = ("stack trace", "EngineCore", "Traceback")  # vLLM's words and internals: never sent to a client
@@ -59,11 +61,7 @@ def server(tmp_path_factory):
         wait_ready(base, proc, log)
         yield {"base": base, "proc": proc, "log": log}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def wait_ready(base: str, proc, log: Path, timeout: float = 900, watch=None) -> None:

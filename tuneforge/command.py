@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import re
+import subprocess
 from pathlib import Path
 
 from tuneforge.config import Recipe
@@ -14,6 +15,15 @@ from tuneforge.recipes import load_recipe
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)+=")  # section.key=value
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """Stop a child process (a server): SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def json_line(payload: dict) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.command import stop_process
 from tuneforge.config import Recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.pipeline.console import COMMANDS_LOG
@@ -223,11 +224,7 @@ def serving(ctx: Context):
             time.sleep(1)
         yield base, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def _command(register: Callable, argv: list[str]) -> int:
