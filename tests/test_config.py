@@ -89,6 +89,8 @@ def test_wrong_type_names_key_and_file(tmp_path):
         ("sampling.max_tokens=0", "sampling.max_tokens"),
         ("inference.gpu_memory_utilization=1.5", "inference.gpu_memory_utilization"),
         ("inference.tensor_parallel_size=0", "inference.tensor_parallel_size"),
+        ("inference.max_num_seqs=0", "inference.max_num_seqs"),
+        ("inference.max_num_batched_tokens=0", "inference.max_num_batched_tokens"),
     ],
 )
 def test_range_checks_name_the_key_and_the_source(override, key):

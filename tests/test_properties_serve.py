@@ -39,9 +39,11 @@ SLOW_OK = settings(
     cpu=st.booleans(),
     kv_dtype=st.sampled_from(["auto", "fp8"]),
     spec=st.none() | st.integers(1, 16),
+    seqs=st.none() | st.integers(1, 4096),
+    step_tokens=st.none() | st.integers(1, 65536),
 )
 def test_vllm_configuration_applied(
-    tiny_shapes, tp, mem, max_len, dtype, quant, kv, lora, rank, cpu, kv_dtype, spec
+    tiny_shapes, tp, mem, max_len, dtype, quant, kv, lora, rank, cpu, kv_dtype, spec, seqs, step_tokens
 ):
     pytest.importorskip("vllm")
     from tuneforge.engines.vllm_engine import CPU_KV_CACHE_GB, build_engine_args
@@ -57,6 +59,8 @@ def test_vllm_configuration_applied(
         kv_cache_dtype=kv_dtype,
         speculative=None if spec is None else "ngram",
         speculative_tokens=spec or 4,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=step_tokens,
     )
     path = str(tiny_shapes[64])
     args = build_engine_args(path, cfg, enable_lora=lora, cpu=cpu)
@@ -72,6 +76,8 @@ def test_vllm_configuration_applied(
     expected_kv = kv if kv is not None else (CPU_KV_CACHE_GB if cpu else None)
     assert args.kv_cache_memory_bytes == (None if expected_kv is None else int(expected_kv * 2**30))
     assert args.kv_cache_dtype == kv_dtype
+    # None leaves vLLM's own default (vllm serve's for the device), not a number of ours
+    assert args.max_num_seqs == seqs and args.max_num_batched_tokens == step_tokens
     if spec is None:
         assert args.speculative_config is None
     else:  # the GPU proposer on CUDA, numba's on CPU; drafts from the prompt

@@ -338,6 +338,10 @@ class InferenceConfig:
     """Speculative decoding (vLLM): None, or ngram (drafts from the prompt: prompt lookup)."""
     speculative_tokens: int = 4
     """Tokens drafted per step when speculative is set."""
+    max_num_seqs: int | None = None
+    """Requests vLLM runs at once; None: vllm serve's default for the device (1024 on an H100/H200)."""
+    max_num_batched_tokens: int | None = None
+    """Tokens vLLM schedules per step; None: vllm serve's default for the device (8192 on an H100/H200)."""
 
     def __post_init__(self):
         _check_choice("engine", self.engine, ("auto", "vllm", "transformers"))
@@ -352,6 +356,9 @@ class InferenceConfig:
             "kv_cache_gb", self.kv_cache_gb is None or self.kv_cache_gb > 0, "> 0 or null", self.kv_cache_gb
         )
         _check("max_loras", self.max_loras is None or self.max_loras >= 1, ">= 1 or null", self.max_loras)
+        for key in ("max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, key)
+            _check(key, value is None or value >= 1, ">= 1 or null", value)
         _check(
             "max_lora_rank",
             self.max_lora_rank is None or self.max_lora_rank >= 1,
