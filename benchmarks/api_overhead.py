@@ -147,22 +147,24 @@ def measure(kind: str, args, prompts: list[str]) -> list[dict]:
     rows = []
     try:
         wait_ready(f"{base}/ready", proc, timeout=120)
-        server = psutil.Process(proc.pid)
+        server, me = psutil.Process(proc.pid), psutil.Process()
         target = OpenAITarget(base, MODEL, max_tokens=args.tokens, ignore_eos=True)
         run_load(target, prompts[:16], LoadSpec(concurrency=8, num_requests=16), show_progress=False)
         for c in args.concurrency:
-            before, t0 = server.cpu_times(), time.perf_counter()
+            before, client_before, t0 = server.cpu_times(), me.cpu_times(), time.perf_counter()
             records, wall = run_load(target, prompts, LoadSpec(concurrency=c, num_requests=args.requests),
                                      show_progress=False)  # fmt: skip
-            after = server.cpu_times()
+            after, client_after = server.cpu_times(), me.cpu_times()
             ok = [r for r in records if r.ok]
             tokens = sum(r.output_tokens for r in ok)
             cpu = (after.user - before.user) + (after.system - before.system)
+            client = (client_after.user - client_before.user) + (client_after.system - client_before.system)
             rows.append({
                 "server": kind, "concurrency": c, "completed": len(ok), "failed": len(records) - len(ok),
                 "tokens": tokens, "tok_s": round(tokens / wall, 1),
                 "ttft_ms_p50": round(statistics.median(r.ttft_s for r in ok) * 1000, 2) if ok else None,
                 "api_cpu_s": round(cpu, 3), "api_cpu_us_per_token": round(cpu / max(tokens, 1) * 1e6, 2),
+                "client_cpu_us_per_token": round(client / max(tokens, 1) * 1e6, 2),
                 "wall_s": round(time.perf_counter() - t0, 2),
             })  # fmt: skip
     finally:
@@ -193,14 +195,15 @@ def main() -> None:
     prompts = synthetic_prompts(args.requests, 32, seed=0)
     rows = [row for s in servers for row in measure(s, args, prompts)]
     floor = {r["concurrency"]: r for r in rows if r["server"] == "minimal"}
-    head = ("server", "conc", "tok/s", "TTFT p50 ms", "API CPU µs/token", "vs minimal")
-    print("{:<10} {:>5} {:>9} {:>12} {:>17} {:>11}".format(*head))
+    head = ("server", "conc", "tok/s", "TTFT p50 ms", "API CPU µs/token", "vs minimal", "client µs/token")
+    print("{:<10} {:>5} {:>9} {:>12} {:>17} {:>11} {:>16}".format(*head))
     for r in rows:
         ref = floor.get(r["concurrency"])
         ratio = ref and r["api_cpu_us_per_token"] / ref["api_cpu_us_per_token"]
         r["cpu_vs_minimal"] = round(ratio, 3) if ratio else None
         print(f"{r['server']:<10} {r['concurrency']:>5} {r['tok_s']:>9.0f} {r['ttft_ms_p50'] or 0:>12.1f} "
-              f"{r['api_cpu_us_per_token']:>17.1f} {ratio or 0:>10.2f}x")  # fmt: skip
+              f"{r['api_cpu_us_per_token']:>17.1f} {ratio or 0:>10.2f}x "
+              f"{r['client_cpu_us_per_token']:>16.1f}")  # fmt: skip
     print(json.dumps({"benchmark": "api_overhead", "step_ms": args.step_ms, "tokens": args.tokens,
                       "requests": args.requests, "rows": rows}))  # fmt: skip
 

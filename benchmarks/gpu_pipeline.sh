@@ -21,6 +21,7 @@
 #                           adapter trained by `train`: accuracy and speculative decoding's acceptance
 #     overhead              HTTP overhead at concurrency 1/16/64/256, Mistral-7B shape: engine, tuneforge serve,
 #                           vllm serve (serve_overhead.py), py-spy of the API process at 16
+#     stepcost              one stream on a 135M shape under py-spy (every process): a decode step's fixed cost
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
 set -uo pipefail
@@ -103,6 +104,11 @@ for stage in "$@"; do
         timed overhead python3 benchmarks/serve_overhead.py --model /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
             --warmup 32 --output-len 128 --py-spy 16 --log-dir "$out" ;;
+    stepcost)  # where a batch-1 decode step goes when weights are not the cost: a 135M shape under py-spy
+        need /root/shapes/smollm2-135m v1
+        timed stepcost py-spy record --subprocesses --rate 200 --format raw -o "$out/stepcost-pyspy.txt" -- \
+            python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy --dtype bfloat16 \
+            --variants default --prompt-len 128 --output-len 512 --repeats 20 --log-dir "$out" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done

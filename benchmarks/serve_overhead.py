@@ -28,7 +28,7 @@ import time
 
 import httpx
 
-from tuneforge.bench.client import LoadSpec, run_load, run_load_async, synthetic_prompts
+from tuneforge.bench.client import LoadSpec, measured_load, run_load_async, synthetic_prompts
 from tuneforge.bench.stats import summarize
 from tuneforge.bench.targets import EngineTarget, OpenAITarget
 from tuneforge.command import stop_process
@@ -64,15 +64,24 @@ def requests_at(args, concurrency: int) -> int:
 
 
 def measure_levels(run, args, prompts: list[str], on_level=None) -> dict[int, dict]:
-    """run(prompts, LoadSpec) -> (records, wall) at each concurrency, after a warm-up at the first."""
+    """run(prompts, LoadSpec) -> (records, wall, client CPU share or None) at each concurrency, after a
+    warm-up at the first."""
     run(prompts[: args.warmup], LoadSpec(args.concurrency[0], None, args.warmup))
     out = {}
     for c in args.concurrency:
         n = requests_at(args, c)
         with on_level(c) if on_level else contextlib.nullcontext():
-            records, wall = run((prompts * (n // len(prompts) + 1))[:n], LoadSpec(c, None, n))
-        out[c] = summarize(records, wall)
+            records, wall, cpu = run((prompts * (n // len(prompts) + 1))[:n], LoadSpec(c, None, n))
+        out[c] = {**summarize(records, wall), "client_cpu_share": None if cpu is None else round(cpu, 3)}
     return out
+
+
+def client_procs(args, concurrency: int) -> int:
+    """Client processes for an HTTP path: --client-procs, or one per 32 streams (one streaming client
+    tops out near 8,000 tokens/s, benchmarks/RESULTS.md) up to half this machine's cores."""
+    if args.client_procs != "auto":
+        return int(args.client_procs)
+    return max(1, min(-(-concurrency // 32), (os.cpu_count() or 2) // 2))
 
 
 stop = stop_process  # api_overhead.py and soak.py import it from here
@@ -86,7 +95,7 @@ def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:
     target = EngineTarget(engine, sampling)
     try:
         return measure_levels(
-            lambda ps, spec: engine.run_sync(run_load_async(target, ps, spec)), args, prompts
+            lambda ps, spec: (*engine.run_sync(run_load_async(target, ps, spec)), None), args, prompts
         )
     finally:
         engine.close()
@@ -144,8 +153,12 @@ def over_http(
     try:
         wait_ready(base + ready_path, proc)
         target = OpenAITarget(base, "m", max_tokens=args.output_len, ignore_eos=True)
-        return measure_levels(lambda ps, spec: run_load(target, ps, spec, show_progress=False), args, prompts,
-                              on_level)  # fmt: skip
+        return measure_levels(
+            lambda ps, spec: measured_load(target, ps, spec, False, client_procs(args, spec.concurrency)),
+            args,
+            prompts,
+            on_level,
+        )
     finally:
         stop(proc)
 
@@ -164,6 +177,11 @@ def main() -> None:
     p.add_argument("--skip-vllm-serve", action="store_true")
     p.add_argument("--log-dir", default="/tmp")
     p.add_argument("--py-spy", type=int, metavar="C", help="profile tuneforge serve's API process at level C")
+    p.add_argument(
+        "--client-procs",
+        default="auto",
+        help="client processes for the HTTP paths (auto: one per 32 streams)",
+    )
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
@@ -209,11 +227,12 @@ def main() -> None:
 
     rows = table(results)
     print(f"\n{'path':<16}{'conc':>5}{'req/s':>9}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}"
-          f"{'vs direct':>11}{'failed':>8}")  # fmt: skip
+          f"{'vs direct':>11}{'failed':>8}{'client CPU':>11}")  # fmt: skip
     for r in rows:
         print(
             f"{r['path']:<16}{r['concurrency']:>5}{r['request_throughput_rps']:>9.3f}{r['output_throughput_tok_s']:>11.1f}"
             f"{r['ttft_p50_ms']:>13.1f}{r['tpot_p50_ms']:>13.2f}{r['vs_direct']:>11.3f}{r['failed']:>8}"
+            f"{'-' if r['client_cpu_share'] is None else format(r['client_cpu_share'], '.0%'):>11}"
         )
     summary = {
         "benchmark": "serve_overhead",
@@ -242,7 +261,7 @@ def table(results: dict[str, dict[int, dict]]) -> list[dict]:
                 "output_throughput_tok_s": s["output_throughput_tok_s"],
                 "ttft_p50_ms": s["latency_ms"]["ttft"]["p50"], "tpot_p50_ms": s["latency_ms"]["tpot"]["p50"],
                 "vs_direct": round(s["output_throughput_tok_s"] / base, 4) if base else None,
-                "failed": s["requests"]["failed"],
+                "failed": s["requests"]["failed"], "client_cpu_share": s["client_cpu_share"],
             })  # fmt: skip
     return rows
 

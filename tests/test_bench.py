@@ -255,3 +255,85 @@ def test_bench_cli_writes_reports_and_one_json_line(flaky_server, tmp_path, caps
     page = (tmp_path / "report.html").read_text()
     assert "<svg" in page and "Throughput against load" in page and "<script" not in page
     assert "p50 / p95 / p99" in (tmp_path / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- several client processes
+
+
+@pytest.mark.parametrize(
+    ("spec", "procs", "shares"),
+    [
+        (LoadSpec(concurrency=10, num_requests=47), 4, [(3, 12), (3, 12), (2, 12), (2, 11)]),
+        (LoadSpec(concurrency=2, num_requests=47), 4, [(1, 24), (1, 23)]),  # no more processes than slots
+        (LoadSpec(concurrency=8, num_requests=3), 4, [(3, 1), (3, 1), (2, 1)]),  # nor than requests
+        (LoadSpec(concurrency=4, num_requests=None, duration_s=2.0), 3, [(2, None), (1, None), (1, None)]),
+    ],
+)
+def test_a_load_is_shared_out_without_losing_a_slot_or_a_request(spec, procs, shares):
+    from tuneforge.bench.procs import share_specs
+
+    parts = share_specs(spec, procs)
+    assert [(p.concurrency, p.num_requests) for p in parts] == shares
+    assert all(p.duration_s == spec.duration_s and p.rate is None for p in parts)
+
+
+def test_a_rate_is_shared_out_with_a_seed_per_process():
+    from tuneforge.bench.procs import share_specs
+
+    parts = share_specs(LoadSpec(concurrency=5, rate=9.0, num_requests=20, seed=3), 3)
+    assert [p.rate for p in parts] == [3.0, 3.0, 3.0]
+    assert [p.concurrency for p in parts] == [2, 2, 1] and [p.num_requests for p in parts] == [7, 7, 6]
+    assert [p.seed for p in parts] == [3, 4, 5]  # Poisson streams that differ; their sum is Poisson at 9/s
+    uncapped = share_specs(LoadSpec(concurrency=None, rate=4.0, num_requests=8), 2)
+    assert [p.concurrency for p in uncapped] == [None, None]
+
+
+@pytest.mark.parametrize("mode", ["concurrency", "rate"])
+def test_client_processes_count_exactly_on_one_clock(flaky_server, mode):
+    n = 47
+    spec = LoadSpec(concurrency=8, num_requests=n) if mode == "concurrency" else LoadSpec(8, 200.0, n, seed=1)
+    run = run_benchmark(
+        OpenAITarget(flaky_server, "m", max_tokens=TOKENS), synthetic_prompts(7, 10), spec, False, 3
+    )
+    s = run["summary"]
+    assert s["requests"] == expected_counts(n)  # the server numbers requests as they arrive, from any client
+    assert s["output_tokens"] == s["requests"]["completed"] * TOKENS
+    assert run["client"]["procs"] == 3 and run["client"]["cpu_share"] > 0
+    starts = [r["start_s"] for r in run["records"]]
+    assert starts == sorted(starts) and min(starts) >= 0
+    # every request ran inside the run's wall time, measured on the clock all processes share
+    assert all(r["start_s"] + r["e2e_s"] <= s["duration_s"] + 1e-6 for r in run["records"])
+
+
+def test_client_processes_refuse_an_in_process_engine():
+    from tuneforge.bench.procs import run_load_procs
+
+    with pytest.raises(ValueError, match="HTTP target"):
+        run_load_procs(EngineTarget(engine=object()), ["x"], LoadSpec(2, None, 4), 2)
+
+
+def test_a_busy_client_is_named_in_the_notes_with_what_to_do():
+    import argparse
+
+    from tuneforge.bench.cli import client_limit_notes
+
+    runs = [
+        {"load": {"mode": "concurrency", "concurrency": 16}, "client": {"procs": 2, "cpu_share": 0.5}},
+        {"load": {"mode": "concurrency", "concurrency": 256}, "client": {"procs": 2, "cpu_share": 0.97}},
+    ]
+    notes = client_limit_notes(runs, argparse.Namespace(in_process=None, client_procs=2))
+    assert len(notes) == 1 and "concurrency 256" in notes[0] and "97%" in notes[0]
+    assert "--client-procs 4" in notes[0]
+    assert client_limit_notes(runs, argparse.Namespace(in_process="m", client_procs=1)) == []
+
+
+def test_records_of_processes_that_started_apart_land_on_one_clock():
+    from tuneforge.bench.procs import merge
+
+    late = [RequestRecord(ok=True, ttft_s=0.1, e2e_s=1.0, start_s=0.2)]
+    early = [RequestRecord(ok=True, ttft_s=0.1, e2e_s=1.0, start_s=0.0), RequestRecord(ok=False, start_s=0.5)]
+    records, wall, busiest = merge({1: (late, 100.5, 102.0, 0.75), 0: (early, 100.0, 101.5, 0.3)})
+    assert [r.start_s for r in records] == pytest.approx([0.0, 0.5, 0.7])  # 0.2 s after a start 0.5 s later
+    assert [r.ok for r in records] == [True, False, True]
+    assert wall == pytest.approx(2.0)  # from the first start (100.0) to the last end (102.0)
+    assert busiest == pytest.approx(0.5)  # 0.75 s of CPU over 1.5 s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -207,6 +208,7 @@ def test_serve_overhead_levels_and_ratios_against_the_engine_at_the_same_level()
         return {
             "request_throughput_rps": tok_s / 100, "output_throughput_tok_s": tok_s,
             "latency_ms": {"ttft": {"p50": 10.0}, "tpot": {"p50": 2.0}}, "requests": {"failed": 0},
+            "client_cpu_share": 0.5,
         }  # fmt: skip
 
     results = {
@@ -218,3 +220,9 @@ def test_serve_overhead_levels_and_ratios_against_the_engine_at_the_same_level()
         ("direct engine", 1): 1.0, ("direct engine", 64): 1.0,
         ("tuneforge serve", 1): 0.95, ("tuneforge serve", 64): 0.97,
     }  # fmt: skip
+    # HTTP paths get a client process per 32 streams, up to half the cores, unless told how many
+    auto = type("Args", (), {"client_procs": "auto"})()
+    cores = os.cpu_count() or 2
+    assert [so.client_procs(auto, c) for c in (1, 32, 33, 256)] == [1, 1, min(2, max(1, cores // 2)),
+                                                                    max(1, min(8, cores // 2))]  # fmt: skip
+    assert so.client_procs(type("Args", (), {"client_procs": "3"})(), 256) == 3

@@ -90,6 +90,28 @@ def build_prompts(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     return prompts, {"prompts": f"synthetic, {args.input_len} words each", "max_tokens": args.output_len}
 
 
+CLIENT_BUSY = 0.9  # a client process this busy (share of one core) may be what limits the figures
+
+
+def client_limit_notes(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """A note for each level where the busiest HTTP client process was near a full core."""
+    if args.in_process:  # the engine shares that process: its CPU is not the client's
+        return []
+    notes = []
+    for run in runs:
+        share = (run.get("client") or {}).get("cpu_share") or 0.0
+        if share >= CLIENT_BUSY:
+            load = run["load"]
+            level = (
+                f"rate {load['rate']}/s" if load["mode"] == "rate" else f"concurrency {load['concurrency']}"
+            )
+            notes.append(
+                f"at {level} the busiest client process used {share:.0%} of a CPU core, so the load generator"
+                f" may be what limits these figures; run again with --client-procs {2 * args.client_procs}"
+            )
+    return notes
+
+
 def run_levels(target, prompts: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     from tuneforge.bench.client import LoadSpec, run_benchmark
     from tuneforge.bench.resources import ResourceMonitor
@@ -103,7 +125,7 @@ def run_levels(target, prompts: list[str], args: argparse.Namespace) -> list[dic
     runs = []
     for spec in specs:
         with ResourceMonitor(args.sample_interval, args.server_pid) as monitor:
-            run = run_benchmark(target, prompts, spec, show_progress=not args.quiet)
+            run = run_benchmark(target, prompts, spec, not args.quiet, args.client_procs)
         run["resources"] = monitor.summary()
         runs.append(run)
     return runs
@@ -140,6 +162,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.requests is None and args.duration is None:
         args.requests = 100
+    if args.in_process and args.client_procs > 1:
+        print(
+            "error: --client-procs needs --url: an in-process engine serves one event loop", file=sys.stderr
+        )
+        return 2
     try:
         target = build_target(args)
     except TuneforgeError:
@@ -156,7 +183,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         engine = getattr(target, "engine", None)
         if engine is not None and hasattr(engine, "close"):
             engine.close()
-    notes = []
+    notes = client_limit_notes(runs, args)
+    for note in notes:
+        log.warning(note)
     if not any((r.get("resources") or {}).get("gpu_available") for r in runs):
         note = next((r["resources"].get("note") for r in runs if r.get("resources")), None) or "no GPU"
         notes.append(
@@ -249,6 +278,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench", help="folder for report.md, report.html, results.json")
     p.add_argument("--mlflow-run-id", help="log the results to this existing MLflow run")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    p.add_argument(
+        "--client-procs",
+        type=lambda t: _numbers(t, int, "--client-procs")[0],
+        default=1,
+        metavar="N",
+        help="send the load from N client processes (HTTP only): one streaming client tops out near a core",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return p

@@ -112,6 +112,14 @@ async def run_load_async(
     target, prompts: Sequence[str], spec: LoadSpec, progress: Callable[[RequestRecord], None] | None = None
 ) -> tuple[list[RequestRecord], float]:
     """(records in send order, wall seconds from the first send to the last completion)."""
+    records, t0, end = await load_async(target, prompts, spec, progress)
+    return records, end - t0
+
+
+async def load_async(
+    target, prompts: Sequence[str], spec: LoadSpec, progress: Callable[[RequestRecord], None] | None = None
+) -> tuple[list[RequestRecord], float, float]:
+    """(records in send order, perf_counter at the first send, perf_counter at the last completion)."""
     import httpx
 
     if not prompts:
@@ -160,8 +168,8 @@ async def run_load_async(
                 tasks.append(asyncio.create_task(gated(i)))
                 i += 1
             await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
-    return [records[i] for i in sorted(records)], wall
+        end = time.perf_counter()
+    return [records[i] for i in sorted(records)], t0, end
 
 
 def _count():
@@ -172,24 +180,42 @@ def _count():
 
 
 def run_load(
-    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True
+    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True, client_procs: int = 1
 ) -> tuple[list[RequestRecord], float]:
-    """run_load_async with a tqdm bar over requests (failed ones counted in its postfix)."""
+    """run_load_async with a tqdm bar over requests (failed ones counted in its postfix), in this process
+    or split over `client_procs` client processes (bench/procs.py)."""
+    records, wall, _ = measured_load(target, prompts, spec, show_progress, client_procs)
+    return records, wall
+
+
+def measured_load(
+    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True, client_procs: int = 1
+) -> tuple[list[RequestRecord], float, float]:
+    """run_load, and the busiest client process's share of one CPU core (near 1.0: the client may be the
+    limit)."""
     from tqdm.auto import tqdm
 
+    if client_procs < 1:
+        raise ValueError(f"client_procs must be >= 1, got {client_procs}")
     with tqdm(total=spec.num_requests, desc=_label(spec), unit="req", disable=not show_progress) as bar:
         failed = 0
 
-        def tick(rec: RequestRecord) -> None:
+        def tick(ok: bool) -> None:
             nonlocal failed
-            failed += not rec.ok
+            failed += not ok
             bar.update(1)
             if failed:
                 bar.set_postfix(failed=failed)
 
+        if client_procs > 1:
+            from tuneforge.bench.procs import run_load_procs
+
+            return run_load_procs(target, prompts, spec, client_procs, tick)
         # an engine that keeps its own event loop (vLLM binds to the first one it runs on) provides run_sync
         runner = getattr(getattr(target, "engine", None), "run_sync", asyncio.run)
-        return runner(run_load_async(target, prompts, spec, tick))
+        cpu0 = time.process_time()
+        records, wall = runner(run_load_async(target, prompts, spec, lambda rec: tick(rec.ok)))
+        return records, wall, (time.process_time() - cpu0) / max(wall, 1e-9)
 
 
 def _label(spec: LoadSpec) -> str:
@@ -197,14 +223,16 @@ def _label(spec: LoadSpec) -> str:
 
 
 def run_benchmark(
-    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True
+    target, prompts: Sequence[str], spec: LoadSpec, show_progress: bool = True, client_procs: int = 1
 ) -> dict[str, Any]:
-    """One load level: {"load", "summary", "records"}."""
-    records, wall = run_load(target, prompts, spec, show_progress)
+    """One load level: {"load", "summary", "client", "records"}; "client" says how many client processes
+    sent the load and how busy the busiest was (a share of one core)."""
+    records, wall, cpu = measured_load(target, prompts, spec, show_progress, client_procs)
     if not records:
         raise ValueError("no request was sent (the duration ended before the first one)")
     return {
         "load": spec.describe(),
         "summary": summarize(records, wall),
+        "client": {"procs": client_procs, "cpu_share": round(cpu, 3)},
         "records": [r.to_dict() for r in records],
     }
