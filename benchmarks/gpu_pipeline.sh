@@ -104,11 +104,15 @@ for stage in "$@"; do
         timed overhead python3 benchmarks/serve_overhead.py --model /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
             --warmup 32 --output-len 128 --py-spy 16 --log-dir "$out" ;;
-    stepcost)  # where a batch-1 decode step goes when weights are not the cost: a 135M shape under py-spy
+    stepcost)  # a batch-1 decode step when weights are not the cost: a 135M shape, plain, then under py-spy
         need /root/shapes/smollm2-135m v1
-        timed stepcost py-spy record --subprocesses --rate 200 --format raw -o "$out/stepcost-pyspy.txt" -- \
-            python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy --dtype bfloat16 \
-            --variants default --prompt-len 128 --output-len 512 --repeats 20 --log-dir "$out" ;;
+        lp=(python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy --dtype bfloat16
+            --variants default --prompt-len 128 --output-len 512 --log-dir "$out")
+        timed stepcost "${lp[@]}" --repeats 5
+        # --nonblocking: samples without pausing the processes (a paused engine loop would time itself)
+        timed stepcost-pyspy py-spy record --nonblocking --subprocesses --rate 100 --format raw \
+            -o /root/stepcost-pyspy.txt -- "${lp[@]}" --repeats 20
+        gzip -c /root/stepcost-pyspy.txt >"$out/stepcost-pyspy.txt.gz" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done

@@ -8,9 +8,12 @@
 Every path gets the same synthetic prompts, `ignore_eos` (so every request makes exactly --output-len
 tokens), greedy sampling, prefix caching on, at each fixed concurrency (one engine or server start per
 path, the levels one after the other). Both servers are timed by the same streaming client
-(tuneforge.bench.client, /v1/completions). Target: ours >= 95% of direct throughput at every level, median
-TTFT within 5 ms of `vllm serve`'s. `--py-spy C` records where tuneforge serve's API process spends its time
-at concurrency C (a flame graph in --log-dir; py-spy must be on the PATH). Prints a table, then a JSON line.
+(tuneforge.bench.client, /v1/completions), split over client processes (--client-procs; auto: one per 32
+streams, since one process tops out near 8,000 tokens/s), whose busiest CPU share each row shows.
+Target: ours >= 95% of direct throughput at every level, median TTFT within 5 ms of `vllm serve`'s.
+`--py-spy C` records where tuneforge serve's API process spends its time at concurrency C (a flame graph
+in --log-dir; py-spy must be on the PATH). Prints each path's rows as it finishes (`PARTIAL [...]`), then
+a table and a JSON line.
 """
 
 from __future__ import annotations
@@ -192,6 +195,7 @@ def main() -> None:
     cfg = InferenceConfig(dtype=args.dtype, max_model_len=args.max_model_len, load_format=args.load_format)
     prompts = synthetic_prompts(args.requests + args.warmup, args.input_len, seed=0)
     results = {"direct engine": direct(args, cfg, prompts)}
+    partial(results, "direct engine")
 
     port = free_port()
     ours = [
@@ -213,6 +217,7 @@ def main() -> None:
         "4096",
     ]
     results["tuneforge serve"] = over_http(args, ours, "/ready", "tuneforge serve", prompts, port)
+    partial(results, "tuneforge serve")
 
     if not args.skip_vllm_serve:
         port = free_port()
@@ -247,6 +252,12 @@ def main() -> None:
         "rows": rows,
     }
     print(json.dumps(summary))
+
+
+def partial(results: dict[str, dict[int, dict]], path: str) -> None:
+    """One path's rows as soon as it is measured, so a run cut short (a time limit) still tells something."""
+    rows = [r for r in table(results) if r["path"] == path]
+    print("PARTIAL " + json.dumps(rows), flush=True)
 
 
 def table(results: dict[str, dict[int, dict]]) -> list[dict]:
