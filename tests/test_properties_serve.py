@@ -41,9 +41,24 @@ SLOW_OK = settings(
     spec=st.none() | st.integers(1, 16),
     seqs=st.none() | st.integers(1, 4096),
     step_tokens=st.none() | st.integers(1, 65536),
+    backend=st.sampled_from(["auto", "marlin", "machete"]),
 )
 def test_vllm_configuration_applied(
-    tiny_shapes, tp, mem, max_len, dtype, quant, kv, lora, rank, cpu, kv_dtype, spec, seqs, step_tokens
+    tiny_shapes,
+    tp,
+    mem,
+    max_len,
+    dtype,
+    quant,
+    kv,
+    lora,
+    rank,
+    cpu,
+    kv_dtype,
+    spec,
+    seqs,
+    step_tokens,
+    backend,
 ):
     pytest.importorskip("vllm")
     from tuneforge.engines.vllm_engine import CPU_KV_CACHE_GB, build_engine_args
@@ -61,6 +76,7 @@ def test_vllm_configuration_applied(
         speculative_tokens=spec or 4,
         max_num_seqs=seqs,
         max_num_batched_tokens=step_tokens,
+        linear_backend=backend,
     )
     path = str(tiny_shapes[64])
     args = build_engine_args(path, cfg, enable_lora=lora, cpu=cpu)
@@ -78,6 +94,7 @@ def test_vllm_configuration_applied(
     assert args.kv_cache_dtype == kv_dtype
     # None leaves vLLM's own default (vllm serve's for the device), not a number of ours
     assert args.max_num_seqs == seqs and args.max_num_batched_tokens == step_tokens
+    assert args.linear_backend == backend  # "auto" is vLLM's own default
     if spec is None:
         assert args.speculative_config is None
     else:  # the GPU proposer on CUDA, numba's on CPU; drafts from the prompt

@@ -3,6 +3,8 @@ what the recipe sets (engines/serving_profile.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,28 +41,49 @@ def test_latency_profile_uses_fp8_weights_only_where_the_gpu_has_fp8_tensor_core
     quant=st.none() | st.sampled_from(["fp8", "awq", "gptq", "bitsandbytes"]),
     spec=st.none() | st.integers(1, 16),
     cap=st.none() | st.tuples(st.integers(7, 10), st.integers(0, 9)),
+    backend=st.sampled_from(["auto", "machete", "triton"]),
+    stored=st.none() | st.sampled_from(["gptq", "awq", "compressed-tensors", "fp8"]),
 )
-def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap):
+def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap, backend, stored):
     cfg = InferenceConfig(
         profile="latency",
         quantization=quant,
         speculative=None if spec is None else "ngram",
         speculative_tokens=spec or 4,
+        linear_backend=backend,
     )
-    planned, reasons = plan_inference(cfg, Device(cap, "gpu") if cap else CPU)
-    if quant is not None:
+    planned, reasons = plan_inference(cfg, Device(cap, "gpu") if cap else CPU, stored)
+    if quant is not None or stored is not None:  # the recipe's, or the checkpoint's own: never FP8 on top
         assert planned.quantization == quant
     else:
         assert planned.quantization == ("fp8" if cap is not None and cap >= (8, 9) else None)
     assert planned.speculative == (None if spec is None else "ngram")
     assert planned.speculative_tokens == (spec or 4)
-    assert len(reasons) == 2  # one per choice: weights, speculative decoding
+    gptq_awq = (quant or stored) in ("gptq", "awq") and cap is not None and cap >= (8, 0)
+    assert planned.linear_backend == ("marlin" if gptq_awq and backend == "auto" else backend)
+    assert len(reasons) == 2 + gptq_awq  # one per choice: weights, (GPTQ/AWQ kernels,) speculative decoding
     assert planned.profile == "latency" and planned.dtype == cfg.dtype
+
+
+@pytest.mark.parametrize(("device", "marlin"), [(H200, True), (A100, True), (CPU, False)])
+def test_a_gptq_checkpoint_keeps_its_weights_and_gets_marlin_kernels_on_a_gpu(device, marlin):
+    planned, reasons = plan_inference(InferenceConfig(profile="latency"), device, stored="gptq")
+    assert planned.quantization is None  # vLLM reads the checkpoint's own; FP8 would clash with it
+    assert reasons[0] == "weights: as stored, already quantized (gptq)"
+    assert planned.linear_backend == ("marlin" if marlin else "auto")
+    assert any("Marlin" in r for r in reasons) is marlin
+    # the throughput profile leaves vLLM's own kernel choice alone
+    assert plan_inference(InferenceConfig(), device, stored="gptq")[0].linear_backend == "auto"
 
 
 @pytest.mark.parametrize(
     ("key", "value", "hint"),
-    [("profile", "latancy", "latency"), ("kv_cache_dtype", "fp9", "fp8"), ("speculative", "ngrams", "ngram")],
+    [
+        ("profile", "latancy", "latency"),
+        ("kv_cache_dtype", "fp9", "fp8"),
+        ("speculative", "ngrams", "ngram"),
+        ("linear_backend", "marlim", "marlin"),
+    ],
 )
 def test_bad_serving_options_are_named_with_a_suggestion(key, value, hint):
     with pytest.raises(ConfigError, match=rf"{key}: '{value}' is not one of .*did you mean '{hint}'"):
@@ -78,6 +101,7 @@ def test_speculative_tokens_must_be_in_range():
         ({"quantization": "fp8"}, "inference.quantization=fp8 needs the vLLM engine"),
         ({"kv_cache_dtype": "fp8"}, "inference.kv_cache_dtype=fp8 needs the vLLM engine"),
         ({"speculative": "ngram"}, "inference.speculative=ngram needs the vLLM engine"),
+        ({"linear_backend": "marlin"}, "inference.linear_backend=marlin needs the vLLM engine"),
     ],
 )
 def test_the_transformers_engine_refuses_vllm_only_options_before_loading(setting, message):
@@ -86,3 +110,20 @@ def test_the_transformers_engine_refuses_vllm_only_options_before_loading(settin
     cfg = InferenceConfig(engine="transformers", **setting)
     with pytest.raises(ConfigError, match=message):
         start_engine("no-such-model-is-loaded", cfg)
+
+
+def test_the_checkpoints_own_quantization_is_read_from_its_config(tmp_path):
+    from tuneforge.engines.vllm_engine import stored_quantization
+
+    gptq, plain, corrupt = (tmp_path / n for n in ("gptq", "plain", "corrupt"))
+    for d in (gptq, plain, corrupt):
+        d.mkdir()
+    (gptq / "config.json").write_text(
+        json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}})
+    )
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (corrupt / "config.json").write_text("{not json")
+    assert stored_quantization(str(gptq)) == "gptq"
+    assert stored_quantization(str(plain)) is None
+    assert stored_quantization(str(corrupt)) is None  # vLLM itself reports a broken config
+    assert stored_quantization(str(tmp_path / "missing")) is None

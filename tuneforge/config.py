@@ -32,6 +32,14 @@ def _check(name: str, ok: bool, requirement: str, value: Any) -> None:
         raise ConfigError(f"{name}: must be {requirement}, got {value!r}")
 
 
+# vLLM's --linear-backend values (0.26 on CUDA, 0.32 on CPU: the same list but for 0.32's b12x)
+LINEAR_BACKENDS = (
+    "auto", "cutlass", "flashinfer_cutlass", "flashinfer_cutedsl", "flashinfer_trtllm", "flashinfer_cudnn",
+    "flashinfer_b12x", "marlin", "humming", "triton", "deep_gemm", "torch", "aiter", "machete", "fbgemm",
+    "conch", "exllama", "emulation", "xpu", "xpu_woq",
+)  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = EMBEDDED_MODEL
@@ -338,6 +346,8 @@ class InferenceConfig:
     """Speculative decoding (vLLM): None, or ngram (drafts from the prompt: prompt lookup)."""
     speculative_tokens: int = 4
     """Tokens drafted per step when speculative is set."""
+    linear_backend: str = "auto"
+    """vLLM's kernels for quantized layers: auto (vLLM's choice), marlin, machete, cutlass, triton..."""
     max_num_seqs: int | None = None
     """Requests vLLM runs at once; None: vllm serve's default for the device (1024 on an H100/H200)."""
     max_num_batched_tokens: int | None = None
@@ -347,6 +357,7 @@ class InferenceConfig:
         _check_choice("engine", self.engine, ("auto", "vllm", "transformers"))
         _check_choice("profile", self.profile, ("throughput", "latency"))
         _check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto", "fp8"))
+        _check_choice("linear_backend", self.linear_backend, LINEAR_BACKENDS)
         if self.speculative is not None:
             _check_choice("speculative", self.speculative, ("ngram",))
         _check(

