@@ -27,14 +27,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-
-import httpx
 
 from tuneforge.bench.client import LoadSpec, measured_load, run_load_async, synthetic_prompts
 from tuneforge.bench.stats import summarize
 from tuneforge.bench.targets import EngineTarget, OpenAITarget
-from tuneforge.command import stop_process
+from tuneforge.command import stop_process, wait_ready
 from tuneforge.config import InferenceConfig, SamplingParams
 
 
@@ -42,23 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            r = httpx.get(url, timeout=5)
-            if r.status_code == 200:
-                return
-            if r.status_code == 503 and "failed" in r.text:  # tuneforge's /ready: the model did not load
-                raise RuntimeError(f"server failed to load its model: {r.text[:500]}")
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(url)
 
 
 def requests_at(args, concurrency: int) -> int:
@@ -87,7 +67,7 @@ def client_procs(args, concurrency: int) -> int:
     return max(1, min(-(-concurrency // 32), (os.cpu_count() or 2) // 2))
 
 
-stop = stop_process  # api_overhead.py and soak.py import it from here
+stop = stop_process  # api_overhead.py and soak.py import it (and wait_ready) from here
 
 
 def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:

@@ -16,12 +16,11 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tuneforge.command import stop_process
+from tuneforge.command import ServerNotReady, stop_process, wait_ready
 
 BIN = Path(sys.executable).parent
 TUNEFORGE = [sys.executable, "-m", "tuneforge.cli"]  # also where tuneforge is on PYTHONPATH, not installed
@@ -79,21 +78,13 @@ def main() -> int:
     with open(log_path, "w") as log:
         server = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:
-        start = time.time()
-        while True:
-            if server.poll() is not None:
-                print(log_path.read_text()[-3000:], file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(2)
+        try:
+            took = wait_ready(f"{base}/ready", server, log=log_path, poll_s=2)
+        except ServerNotReady as e:
+            print(e, file=sys.stderr)
+            return 1
         engine = httpx.get(f"{base}/ready").json()["engine"]
-        print(
-            f"ready in {time.time() - start:.0f} s: {engine['kind']} on {engine['device']}, {engine['dtype']}"
-        )
+        print(f"ready in {took:.0f} s: {engine['kind']} on {engine['device']}, {engine['dtype']}")
 
         for model in ("base", "demo"):
             print(f"\nstreaming from /v1/chat/completions (model={model}):\n  ", end="", flush=True)

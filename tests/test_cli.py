@@ -214,3 +214,52 @@ def test_stop_process_terminates_then_kills_what_ignores_sigterm():
     stop_process(stubborn, grace_s=0.5)
     stubborn.wait(10)
     assert stubborn.returncode == -9 and time.monotonic() - t0 < 10  # killed after the grace period
+
+
+def test_wait_ready_says_why_a_server_did_not_come_up(tmp_path):
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from tuneforge.command import ServerNotReady, stop_process, wait_ready
+
+    answers = iter([(503, {"status": "loading"}), (200, {"status": "ready"})])
+    state = {"next": None}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            code, body = state["next"] or next(answers)
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/ready"
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert wait_ready(url, alive, timeout=10, poll_s=0.05) >= 0  # 503 while loading, then 200
+        state["next"] = (503, {"status": "failed", "error": "no such model 'x'"})
+        with pytest.raises(ServerNotReady, match="could not load its model: no such model 'x'"):
+            wait_ready(url, alive, timeout=10, poll_s=0.05)
+        state["next"] = (503, {"status": "loading"})
+        with pytest.raises(ServerNotReady, match=r"not ready at .*/ready in 0 s"):
+            wait_ready(url, alive, timeout=0.2, poll_s=0.05)
+    finally:
+        stop_process(alive, grace_s=5)
+        httpd.shutdown()
+    log = tmp_path / "serve.log"
+    log.write_text("".join(f"line {i}\n" for i in range(40)) + "Traceback: the model is gone\n")
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait(10)
+    with pytest.raises(ServerNotReady) as e:
+        wait_ready(url, dead, timeout=10, log=log)
+    assert "exited with 3" in str(e.value) and str(log) in str(e.value)
+    assert str(e.value).endswith("Traceback: the model is gone")  # the log's last lines, not its first
+    assert "line 10\n" not in str(e.value) and "line 39" in str(e.value)

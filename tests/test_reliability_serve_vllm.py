@@ -29,6 +29,7 @@ from serve_client import sse_json as sse_data
 from test_serve_app import free_port
 from test_serve_real import CHAT, random_adapter
 
+from tuneforge import command
 from tuneforge.command import stop_process
 
 pytestmark = [pytest.mark.reliability, pytest.mark.vllm, pytest.mark.slow]
@@ -65,18 +66,10 @@ def server(tmp_path_factory):
 
 
 def wait_ready(base: str, proc, log: Path, timeout: float = 900, watch=None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        if watch is not None:
-            watch()
-        try:
-            if httpx.get(f"{base}/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"server not ready in time:\n{log.read_text()[-3000:]}")
+    try:
+        command.wait_ready(f"{base}/ready", proc, timeout, log, poll_s=0.5, watch=watch)
+    except command.ServerNotReady as e:
+        pytest.fail(str(e))
 
 
 def sse_json(raw: str) -> list:

@@ -20,6 +20,8 @@ import pytest
 from serve_client import sse_json
 from test_serve_app import free_port
 
+from tuneforge.command import ServerNotReady, stop_process, wait_ready
+
 KEY = "test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -65,24 +67,13 @@ def server(request, tmp_path_factory, tiny_model_dir):
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        assert proc.poll() is None, Path(log.name).read_text()[-3000:]
-        try:
-            if httpx.get(f"{base}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail(f"server not ready in time:\n{Path(log.name).read_text()[-3000:]}")
-    yield {"base": base, "engine": engine, "model": model, "root": root, "log": log.name}
-    proc.terminate()
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
+        wait_ready(f"{base}/ready", proc, 600, Path(log.name))
+    except ServerNotReady as e:
         proc.kill()
+        pytest.fail(str(e))
+    yield {"base": base, "engine": engine, "model": model, "root": root, "log": log.name}
+    stop_process(proc, grace_s=30)
 
 
 def post(server, path, body):

@@ -26,6 +26,62 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 60) -> None:
         proc.kill()
 
 
+TAIL_LINES = 25  # of a server's log, in the error when it did not start
+
+
+class ServerNotReady(RuntimeError):
+    """A server child process exited, failed to load its model, or was not ready in time."""
+
+
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen,
+    timeout: float = 900,
+    log: Path | None = None,
+    poll_s: float = 1.0,
+    watch=None,
+) -> float:
+    """Poll `url` (tuneforge's /ready, vLLM's /health) until it answers 200; seconds it took. Raises
+    ServerNotReady when the process exits (with its log's tail), when tuneforge's /ready says the model
+    failed to load, or after `timeout` seconds. `watch()`, if given, runs on every poll."""
+    import time
+
+    import httpx
+
+    def tail() -> str:
+        lines = log.read_text(errors="replace").splitlines()[-TAIL_LINES:] if log else []
+        return f"; the end of its log ({log}):\n" + "\n".join(lines) if log else ""
+
+    start = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise ServerNotReady(f"the server exited with {proc.returncode}{tail()}")
+        if watch is not None:
+            watch()
+        try:
+            r = httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            r = None
+        if r is not None and r.status_code == 200:
+            return time.monotonic() - start
+        if r is not None and r.status_code == 503 and _failed(r):
+            raise ServerNotReady(f"the server could not load its model: {_failed(r)}")
+        if time.monotonic() - start > timeout:
+            raise ServerNotReady(f"the server was not ready at {url} in {timeout:.0f} s{tail()}")
+        time.sleep(poll_s)
+
+
+def _failed(response) -> str | None:
+    """tuneforge's /ready error when the model failed to load (503 {"status": "failed", "error"})."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("status") == "failed":
+        return str(body.get("error") or "no error given")
+    return None
+
+
 def json_line(payload: dict) -> None:
     print(json.dumps(payload, default=str))
 

@@ -23,13 +23,12 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.command import stop_process
+from tuneforge.command import ServerNotReady, stop_process, wait_ready
 from tuneforge.config import Recipe
 from tuneforge.errors import TuneforgeError
 from tuneforge.pipeline.console import COMMANDS_LOG
@@ -195,8 +194,6 @@ def free_port() -> int:
 def serving(ctx: Context):
     """`tuneforge serve` of the recipe's model with the trained adapter, in a child process whose log goes
     to the run folder; yields (base URL, pid) once /ready answers 200, stops it on the way out."""
-    import httpx
-
     recipe_file = ctx.folder / "run-recipe.yaml"
     recipe_file.write_text(dump_recipe(ctx.recipe))
     port = free_port()
@@ -207,21 +204,10 @@ def serving(ctx: Context):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ctx.options.serve_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise StageFailed(f"the server exited with {proc.returncode}; see {log_path}")
-            with contextlib.suppress(httpx.TransportError):
-                r = httpx.get(f"{base}/ready", timeout=5)
-                if r.status_code == 200:
-                    break
-                if r.status_code == 503 and r.json().get("status") == "failed":
-                    raise StageFailed(f"the server could not load the model: {r.json().get('error')}")
-            if time.monotonic() > deadline:
-                raise StageFailed(
-                    f"the server was not ready in {ctx.options.serve_timeout_s:.0f} s; see {log_path}"
-                )
-            time.sleep(1)
+        try:
+            wait_ready(f"{base}/ready", proc, ctx.options.serve_timeout_s, log_path)
+        except ServerNotReady as e:
+            raise StageFailed(str(e)) from None
         yield base, proc.pid
     finally:
         stop_process(proc)
