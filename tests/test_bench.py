@@ -337,3 +337,17 @@ def test_records_of_processes_that_started_apart_land_on_one_clock():
     assert [r.ok for r in records] == [True, False, True]
     assert wall == pytest.approx(2.0)  # from the first start (100.0) to the last end (102.0)
     assert busiest == pytest.approx(0.5)  # 0.75 s of CPU over 1.5 s
+
+
+@pytest.mark.parametrize("bad", ["0", "2,3", "two"])
+def test_client_procs_must_be_one_whole_number(bad, capsys):
+    import argparse
+
+    from tuneforge.bench.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--url", "http://x", "--client-procs", bad])
+    assert f"--client-procs: expected a whole number >= 1, got '{bad}'" in capsys.readouterr().err
+    assert parser.parse_args(["bench", "--url", "http://x", "--client-procs", "3"]).client_procs == 3

@@ -36,6 +36,16 @@ def _numbers(text: str, kind, name: str) -> list:
     return values
 
 
+def _client_procs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--client-procs: expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _first_model(url: str, api_key: str | None) -> str:
     """The first model a server lists at /v1/models (what vLLM serves when no name is given)."""
     import httpx
@@ -280,7 +290,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument(
         "--client-procs",
-        type=lambda t: _numbers(t, int, "--client-procs")[0],
+        type=_client_procs,
         default=1,
         metavar="N",
         help="send the load from N client processes (HTTP only): one streaming client tops out near a core",
