@@ -21,7 +21,7 @@
 #                           adapter trained by `train`: accuracy and speculative decoding's acceptance
 #     overhead              HTTP overhead at concurrency 1/16/64/256, Mistral-7B shape: engine, tuneforge serve,
 #                           vllm serve (serve_overhead.py), py-spy of the API process at 16
-#     stepcost              one stream on a 135M shape under py-spy (every process): a decode step's fixed cost
+#     stepcost              one stream on a 135M shape, plain then under py-spy (every process): a step's fixed cost
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
 set -uo pipefail

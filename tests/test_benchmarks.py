@@ -226,3 +226,20 @@ def test_serve_overhead_levels_and_ratios_against_the_engine_at_the_same_level()
     assert [so.client_procs(auto, c) for c in (1, 32, 33, 256)] == [1, 1, min(2, max(1, cores // 2)),
                                                                     max(1, min(8, cores // 2))]  # fmt: skip
     assert so.client_procs(type("Args", (), {"client_procs": "3"})(), 256) == 3
+
+
+def test_gpu_pipeline_runs_the_stages_its_header_lists_and_parses():
+    import re
+
+    script = REPO / "benchmarks" / "gpu_pipeline.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)  # a syntax slip costs a GPU call otherwise
+    text = script.read_text()
+    header = text.split("set -uo pipefail")[0]
+    listed = set(re.findall(r"^#     ([a-z]\w*)\b", header, re.M)) | set(
+        re.findall(r"  (v[23]|w2) \(carry", header)
+    )
+    listed -= {"bash"}
+    stages = set(re.findall(r"^    ([a-z]\w*)\)", text, re.M))
+    assert listed == stages, f"listed but not run: {listed - stages}; run but not listed: {stages - listed}"
+    unknown = subprocess.run(["bash", str(script), "no-such-stage"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown stage no-such-stage" in unknown.stdout
