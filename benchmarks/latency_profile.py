@@ -12,7 +12,8 @@ inference.* settings, then answers one request at a time (batch 1):
 Variants join options with '+': default, fp8 (FP8 weights, online quantization), fp8kv (FP8 KV cache),
 ngram (n-gram speculative decoding, --spec-tokens per step), latency (what `--profile latency` picks),
 gptq4 (the model folder as a 4-bit GPTQ checkpoint, group 128: random weights only, --load-format dummy),
-marlin (vLLM's Marlin weight-only kernels for fp8 and gptq4 instead of its W8A8 / Machete choice), e.g.
+marlin (vLLM's Marlin weight-only kernels for fp8 and gptq4 instead of its W8A8 / Machete choice),
+v1runner (vLLM's V1 model runner instead of the V2 one it picks for these models: a step's CPU cost), e.g.
 
     python benchmarks/latency_profile.py /root/shapes/mistral-7b --load-format dummy --dtype bfloat16 \\
         --variants default,fp8,fp8+fp8kv,latency --prompt-len 128 --output-len 512
@@ -42,6 +43,7 @@ OPTIONS = {
     "latency": {"profile": "latency"},
     "gptq4": {},
     "marlin": {},
+    "v1runner": {},
 }
 # Options that are not inference.* settings: environment for the variant's process, or a model folder change
 ENVIRONMENT = {
@@ -49,6 +51,7 @@ ENVIRONMENT = {
         "VLLM_TEST_FORCE_FP8_MARLIN": "1",
         "VLLM_DISABLED_KERNELS": "MacheteLinearKernel,CutlassW4A8LinearKernel",
     },
+    "v1runner": {"VLLM_USE_V2_MODEL_RUNNER": "0"},
 }
 # vLLM finds a GPTQ checkpoint's quantized layers from its safetensors metadata unless the config lists them;
 # dummy weights have no files, so the list is written out (without it every layer stays bf16)

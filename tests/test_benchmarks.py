@@ -154,6 +154,8 @@ def test_latency_profile_kernel_options_set_the_variant_process_environment_only
     env = lp.variant_environment("gptq4+marlin")
     assert env["VLLM_TEST_FORCE_FP8_MARLIN"] == "1"
     assert "MacheteLinearKernel" in env["VLLM_DISABLED_KERNELS"].split(",")
+    assert lp.variant_environment("gptq4+v1runner") == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    assert lp.variant_settings("latency+v1runner", 4) == {"profile": "latency"}
 
 
 def test_latency_profile_gptq4_folder_relabels_the_config_and_keeps_the_tokenizer(tmp_path):
