@@ -20,7 +20,8 @@
 #     latreal               the same options on the embedded model's real weights and the demo task, with the
 #                           adapter trained by `train`: accuracy and speculative decoding's acceptance
 #     overhead              HTTP overhead at concurrency 1/16/64/256, Mistral-7B shape: engine, tuneforge serve,
-#                           vllm serve (serve_overhead.py), py-spy of the API process at 16
+#                           vllm serve (serve_overhead.py), py-spy of the API process at PYSPY (16);
+#                           INTERVAL=N: N tokens per streamed chunk; CLIENTS=N client processes (auto)
 #     stepcost              one stream on a 135M shape, plain then under py-spy (every process): a step's fixed cost
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
@@ -105,7 +106,8 @@ for stage in "$@"; do
         need /root/shapes/mistral-7b v1
         timed overhead python3 benchmarks/serve_overhead.py --model /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
-            --warmup 32 --output-len 128 --py-spy 16 --log-dir "$out" ;;
+            --warmup 32 --output-len 128 --py-spy "${PYSPY:-16}" --stream-interval "${INTERVAL:-1}" \
+            --client-procs "${CLIENTS:-auto}" --log-dir "$out" ;;
     stepcost)  # a batch-1 decode step when weights are not the cost: a 135M shape, plain, then under py-spy
         need /root/shapes/smollm2-135m v1
         lp=(python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy --dtype bfloat16

@@ -11,6 +11,7 @@ path, the levels one after the other). Both servers are timed by the same stream
 (tuneforge.bench.client, /v1/completions), split over client processes (--client-procs; auto: one per 32
 streams, since one process tops out near 8,000 tokens/s), whose busiest CPU share each row shows.
 Target: ours >= 95% of direct throughput at every level, median TTFT within 5 ms of `vllm serve`'s.
+`--stream-interval N` has vLLM gather N tokens per streamed chunk on all three paths (1: every token).
 `--py-spy C` records where tuneforge serve's API process spends its time at concurrency C (a flame graph
 in --log-dir; py-spy must be on the PATH). Prints each path's rows as it finishes (`PARTIAL [...]`), then
 a table and a JSON line.
@@ -161,6 +162,12 @@ def main() -> None:
     p.add_argument("--log-dir", default="/tmp")
     p.add_argument("--py-spy", type=int, metavar="C", help="profile tuneforge serve's API process at level C")
     p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk on every path (vLLM's stream interval; 1 streams each token)",
+    )
+    p.add_argument(
         "--client-procs",
         default="auto",
         help="client processes for the HTTP paths (auto: one per 32 streams)",
@@ -172,7 +179,12 @@ def main() -> None:
     from tuneforge.models.resolve import resolve_model
 
     path = resolve_model(args.model).path
-    cfg = InferenceConfig(dtype=args.dtype, max_model_len=args.max_model_len, load_format=args.load_format)
+    cfg = InferenceConfig(
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        load_format=args.load_format,
+        stream_interval=args.stream_interval,
+    )
     prompts = synthetic_prompts(args.requests + args.warmup, args.input_len, seed=0)
     results = {"direct engine": direct(args, cfg, prompts)}
     partial(results, "direct engine")
@@ -187,6 +199,7 @@ def main() -> None:
         f"inference.dtype={args.dtype}",
         f"inference.max_model_len={args.max_model_len}",
         f"inference.load_format={args.load_format}",
+        f"inference.stream_interval={args.stream_interval}",
         "--engine",
         "vllm",
         "--served-name",
@@ -205,7 +218,7 @@ def main() -> None:
         theirs = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
                   "--served-model-name", "m", "--dtype", dtype, "--max-model-len", str(args.max_model_len),
                   "--load-format", args.load_format, "--enable-prefix-caching", "--port", str(port),
-                  "--seed", "0"]  # fmt: skip
+                  "--seed", "0", "--stream-interval", str(args.stream_interval)]  # fmt: skip
         if on_cpu():
             theirs += ["--kv-cache-memory-bytes", str(2**30)]
         results["vllm serve"] = over_http(args, theirs, "/health", "vllm serve", prompts, port)
@@ -229,6 +242,7 @@ def main() -> None:
         "requests": {c: requests_at(args, c) for c in args.concurrency},
         "input_words": args.input_len,
         "output_tokens": args.output_len,
+        "stream_interval": args.stream_interval,
         "rows": rows,
     }
     print(json.dumps(summary))

@@ -91,6 +91,7 @@ def test_wrong_type_names_key_and_file(tmp_path):
         ("inference.tensor_parallel_size=0", "inference.tensor_parallel_size"),
         ("inference.max_num_seqs=0", "inference.max_num_seqs"),
         ("inference.max_num_batched_tokens=0", "inference.max_num_batched_tokens"),
+        ("inference.stream_interval=0", "inference.stream_interval"),
     ],
 )
 def test_range_checks_name_the_key_and_the_source(override, key):

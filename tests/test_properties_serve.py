@@ -42,6 +42,7 @@ SLOW_OK = settings(
     seqs=st.none() | st.integers(1, 4096),
     step_tokens=st.none() | st.integers(1, 65536),
     backend=st.sampled_from(["auto", "marlin", "machete"]),
+    interval=st.integers(1, 64),
 )
 def test_vllm_configuration_applied(
     tiny_shapes,
@@ -59,6 +60,7 @@ def test_vllm_configuration_applied(
     seqs,
     step_tokens,
     backend,
+    interval,
 ):
     pytest.importorskip("vllm")
     from tuneforge.engines.vllm_engine import CPU_KV_CACHE_GB, build_engine_args
@@ -77,6 +79,7 @@ def test_vllm_configuration_applied(
         max_num_seqs=seqs,
         max_num_batched_tokens=step_tokens,
         linear_backend=backend,
+        stream_interval=interval,
     )
     path = str(tiny_shapes[64])
     args = build_engine_args(path, cfg, enable_lora=lora, cpu=cpu)
@@ -95,6 +98,7 @@ def test_vllm_configuration_applied(
     # None leaves vLLM's own default (vllm serve's for the device), not a number of ours
     assert args.max_num_seqs == seqs and args.max_num_batched_tokens == step_tokens
     assert args.linear_backend == backend  # "auto" is vLLM's own default
+    assert args.stream_interval == interval  # 1, vLLM's default, streams every token
     if spec is None:
         assert args.speculative_config is None
     else:  # the GPU proposer on CUDA, numba's on CPU; drafts from the prompt

@@ -38,6 +38,9 @@ def random_adapter(model_path: str, out: Path) -> Path:
     return out
 
 
+STREAM_INTERVAL = 4
+
+
 @pytest.fixture(
     scope="module",
     params=["transformers", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])],
@@ -62,6 +65,8 @@ def server(request, tmp_path_factory, tiny_model_dir):
         "--served-name", "base", "--adapter", f"first={root / 'first'}", "--adapter-dir", str(root),
         "--api-key", KEY,
     ]  # fmt: skip
+    if engine == "vllm":  # chunks of up to 4 tokens (vLLM's stream interval), the answers unchanged
+        cmd.append(f"inference.stream_interval={STREAM_INTERVAL}")
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -107,6 +112,9 @@ def test_generate_streams_incrementally_and_matches_the_json_answer(server):
     assert "".join(tokens) == whole["text"] and whole["finish_reason"] == events[-1]["finish_reason"]
     if server["engine"] == "vllm":
         assert whole["text"] == "The capital of France is Paris."
+        # the first token alone, then one event per STREAM_INTERVAL tokens, the last one possibly shorter
+        n = events[-1]["completion_tokens"]
+        assert len(tokens) <= 2 + (n - 1) // STREAM_INTERVAL < n
 
 
 def test_batch_gives_one_result_per_prompt_in_order(server):

@@ -102,6 +102,7 @@ def test_speculative_tokens_must_be_in_range():
         ({"kv_cache_dtype": "fp8"}, "inference.kv_cache_dtype=fp8 needs the vLLM engine"),
         ({"speculative": "ngram"}, "inference.speculative=ngram needs the vLLM engine"),
         ({"linear_backend": "marlin"}, "inference.linear_backend=marlin needs the vLLM engine"),
+        ({"stream_interval": 8}, "inference.stream_interval=8 needs the vLLM engine"),
     ],
 )
 def test_the_transformers_engine_refuses_vllm_only_options_before_loading(setting, message):

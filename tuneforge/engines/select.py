@@ -61,7 +61,8 @@ def start_engine(
         raise ConfigError(f"inference.load_format={cfg.load_format} needs the vLLM engine")
     vllm_only = {"quantization": cfg.quantization == "fp8", "kv_cache_dtype": cfg.kv_cache_dtype != "auto",
                  "speculative": cfg.speculative is not None,
-                 "linear_backend": cfg.linear_backend != "auto"}  # fmt: skip
+                 "linear_backend": cfg.linear_backend != "auto",
+                 "stream_interval": cfg.stream_interval != 1}  # fmt: skip
     for key, set_ in vllm_only.items():
         if set_:
             raise ConfigError(

@@ -132,6 +132,8 @@ def build_engine_args(
     for key in ("max_num_seqs", "max_num_batched_tokens"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
+    if cfg.stream_interval != 1:
+        kwargs["stream_interval"] = cfg.stream_interval
     if cfg.linear_backend != "auto":
         kwargs["linear_backend"] = cfg.linear_backend
     if cfg.kv_cache_dtype != "auto":
