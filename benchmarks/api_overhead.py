@@ -125,8 +125,9 @@ def minimal_app(engine: StepEngine):
     return Starlette(routes=[Route("/ready", ready), Route("/v1/completions", completions, methods=["POST"])])
 
 
-def serve(kind: str, port: int, step_s: float) -> None:
-    """In the server process: the app on uvicorn, as `tuneforge serve` starts it."""
+def serve(kind: str, port: int, step_s: float, http: str = "auto") -> None:
+    """In the server process: the app on uvicorn, as `tuneforge serve` starts it (`http`: uvicorn's HTTP
+    implementation; auto takes httptools when installed, else h11)."""
     import uvicorn
 
     if kind == "minimal":
@@ -136,12 +137,13 @@ def serve(kind: str, port: int, step_s: float) -> None:
         from tuneforge.serve.settings import ServeSettings
 
         app = build_app(ServeSettings(port=port, max_pending=4096), lambda settings: StepEngine(step_s))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=http)
 
 
 def measure(kind: str, args, prompts: list[str]) -> list[dict]:
     port = free_port()
-    cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--step-ms", str(args.step_ms)]
+    cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--step-ms", str(args.step_ms),
+           "--http", args.http]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     rows = []
@@ -181,11 +183,14 @@ def main() -> None:
     p.add_argument(
         "--step-ms", type=float, default=6.0, help="simulated engine step (a 7B model on an H200: ~6)"
     )
+    p.add_argument(
+        "--http", choices=("auto", "h11", "httptools"), default="auto", help="uvicorn's HTTP parser"
+    )
     p.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.step_ms / 1000)
+        serve(args.serve, args.port, args.step_ms / 1000, args.http)
         return
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     servers = args.servers.split(",")
@@ -205,7 +210,7 @@ def main() -> None:
               f"{r['api_cpu_us_per_token']:>17.1f} {ratio or 0:>10.2f}x "
               f"{r['client_cpu_us_per_token']:>16.1f}")  # fmt: skip
     print(json.dumps({"benchmark": "api_overhead", "step_ms": args.step_ms, "tokens": args.tokens,
-                      "requests": args.requests, "rows": rows}))  # fmt: skip
+                      "http": args.http, "requests": args.requests, "rows": rows}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ mkdir -p .stage/p4/wheels .stage/p4/smollm2-135m .stage/p4/mistral-7b
 .venv/bin/python -m pip download -q --only-binary=:all: --python-version 3.12 --no-deps -d .stage/p4/wheels \
     pydantic-settings==2.16.3 python-dotenv prometheus-client==0.26.0 omegaconf==2.4.0 \
     antlr4-python3-runtime==4.13.2 httpx==0.28.1 httpcore anyio idna certifi \
+    httptools==0.9.0 `# uvicorn's C HTTP parser, for both servers` \
     httpx-sse==0.4.3 sse-starlette==3.7.0 rich==15.0.0 markdown-it-py mdurl pygments `# tables` \
     model-hosting-container-standards==0.1.16 jmespath supervisor `# vllm serve imports it` \
     py-spy==0.4.1  # stacks of a stalled engine (gpu_lora_start.py)

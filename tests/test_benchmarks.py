@@ -245,3 +245,24 @@ def test_gpu_pipeline_runs_the_stages_its_header_lists_and_parses():
     assert listed == stages, f"listed but not run: {listed - stages}; run but not listed: {stages - listed}"
     unknown = subprocess.run(["bash", str(script), "no-such-stage"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown stage no-such-stage" in unknown.stdout
+
+
+def test_api_overhead_measures_both_servers_on_the_same_simulated_tokens():
+    """No model: the simulated engine gives every request exactly --tokens tokens, and each server's API CPU
+    per token is measured, with the minimal server as the reference."""
+    out = subprocess.run(
+        [sys.executable, "benchmarks/api_overhead.py", "--servers", "minimal,tuneforge", "--concurrency", "4",
+         "--requests", "8", "--tokens", "8", "--step-ms", "1", "--http", "h11"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["http"] == "h11" and result["tokens"] == 8
+    rows = {r["server"]: r for r in result["rows"]}
+    assert set(rows) == {"minimal", "tuneforge"}
+    for r in rows.values():
+        assert (r["completed"], r["failed"], r["tokens"]) == (8, 0, 64)
+        assert r["api_cpu_us_per_token"] > 0 and r["concurrency"] == 4
+    assert rows["minimal"]["cpu_vs_minimal"] == 1.0
+    ratio = rows["tuneforge"]["api_cpu_us_per_token"] / rows["minimal"]["api_cpu_us_per_token"]
+    assert rows["tuneforge"]["cpu_vs_minimal"] == round(ratio, 3)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 
 from tuneforge.engines.base import InvalidRequest
 from tuneforge.serve.errors import error_body
-from tuneforge.serve.protocol import ChatCompletionRequest, CompletionRequest, Usage, new_id, now
+from tuneforge.serve.protocol import ChatCompletionRequest, CompletionRequest, Usage, new_id, now, text_event
 from tuneforge.serve.routes import ERRORS, service
 from tuneforge.serve.service import with_cancellation
 
@@ -74,12 +74,14 @@ async def completions(body: CompletionRequest, request: Request):
             raise InvalidRequest("stream=true takes one prompt; send a list without stream", param="prompt")
         chunks = await with_cancellation(request, svc.start_stream(prompts[0], sampling, adapter))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        first = [True]
+        first, text_only = [True], text_event(chunk)
 
         def on_chunk(c):
             text = (echo(0) if first[0] else "") + c.text
             first[0] = False
-            events = [chunk(text, c.finish_reason)] if text or c.finish_reason else []
+            if c.finish_reason is None:  # the common event: only its text differs
+                return [text_only(text)] if text else []
+            events = [chunk(text, c.finish_reason)]
             if c.finish_reason and include_usage:
                 usage = _usage(c.prompt_tokens, c.completion_tokens)
                 events.append({**chunk("")} | {"choices": [], "usage": usage})
@@ -130,7 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.stream:
         chunks = await with_cancellation(request, svc.start_stream(prompt, sampling, adapter))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        first = [True]
+        first, content = [True], text_event(lambda text: chunk({"content": text}))
 
         def on_chunk(c):
             events = []
@@ -138,7 +140,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 events.append(chunk({"role": "assistant", "content": ""}))
                 first[0] = False
             if c.text:
-                events.append(chunk({"content": c.text}))
+                events.append(content(c.text))
             if c.finish_reason:
                 events.append(chunk({}, c.finish_reason))
                 if include_usage:

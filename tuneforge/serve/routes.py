@@ -16,6 +16,7 @@ from tuneforge.serve.protocol import (
     GenerateRequest,
     GenerateResponse,
     ResultDetail,
+    text_event,
 )
 from tuneforge.serve.service import GenerationService, with_cancellation
 
@@ -52,8 +53,10 @@ async def generate(body: GenerateRequest, request: Request):
         )
     chunks = await with_cancellation(request, svc.start_stream(body.prompt, sampling, adapter))
 
+    token = text_event(lambda text: {"type": "token", "text": text})
+
     def on_chunk(c):
-        events = [{"type": "token", "text": c.text}] if c.text else []
+        events = [token(c.text)] if c.text else []
         if c.finish_reason is not None:
             events.append(
                 {

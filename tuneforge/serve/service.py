@@ -504,7 +504,7 @@ class GenerationService:
     def sse(
         self,
         chunks: AsyncIterator[Chunk],
-        on_chunk: Callable[[Chunk], dict | None],
+        on_chunk: Callable[[Chunk], dict | str | list | None],
         on_error: Callable[[EngineError], dict],
         done: str | None = None,
     ) -> StreamingResponse:
@@ -520,8 +520,9 @@ class GenerationService:
     async def _events(self, chunks, on_chunk, on_error, done) -> AsyncIterator[str]:
         try:
             async for chunk in chunks:
-                for event in _as_list(on_chunk(chunk)):
-                    yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+                for event in _as_list(on_chunk(chunk)):  # a str is already JSON (protocol.text_event)
+                    text = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
+                    yield f"data: {text}\n\n"
         except EngineError as e:
             self.metrics.errors.labels(str(http_status(e)), e.kind).inc()
             yield f"data: {json.dumps(on_error(e), ensure_ascii=False)}\n\n"
