@@ -351,3 +351,42 @@ def test_client_procs_must_be_one_whole_number(bad, capsys):
         parser.parse_args(["bench", "--url", "http://x", "--client-procs", bad])
     assert f"--client-procs: expected a whole number >= 1, got '{bad}'" in capsys.readouterr().err
     assert parser.parse_args(["bench", "--url", "http://x", "--client-procs", "3"]).client_procs == 3
+
+
+def test_the_server_process_cpu_share_is_its_own_over_the_block():
+    """--server-pid: the share of one core that process alone used while the load ran (a busy one spins)."""
+    from tuneforge.bench.resources import ResourceMonitor
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)  # both started (an interpreter's start-up is CPU too)
+        with ResourceMonitor(0.2, busy.pid) as spinning, ResourceMonitor(0.2, idle.pid) as sleeping:
+            time.sleep(1.5)
+        assert spinning.summary()["server_process_cpu_share"] > 0.4  # about 1.0 unless the cores are shared
+        assert sleeping.summary()["server_process_cpu_share"] < 0.1
+    finally:
+        busy.kill()
+        idle.kill()
+        busy.wait()
+        idle.wait()
+    with ResourceMonitor(0.2) as nobody:
+        pass
+    assert nobody.summary()["server_process_cpu_share"] is None
+    with ResourceMonitor(0.2, busy.pid) as gone:  # the process has exited: no share, no error
+        pass
+    assert gone.summary()["server_process_cpu_share"] is None
+
+
+def test_a_busy_server_process_is_named_in_the_notes_with_what_to_do():
+    from tuneforge.bench.cli import server_limit_notes
+
+    runs = [
+        {"load": {"mode": "concurrency", "concurrency": 16}, "resources": {"server_process_cpu_share": 0.4}},
+        {"load": {"mode": "rate", "rate": 50.0}, "resources": {"server_process_cpu_share": 0.93}},
+        {"load": {"mode": "concurrency", "concurrency": 64}, "resources": {"server_process_cpu_share": None}},
+        {"load": {"mode": "concurrency", "concurrency": 256}},  # no resources (nothing sampled)
+    ]
+    notes = server_limit_notes(runs)
+    assert len(notes) == 1 and "rate 50.0/s" in notes[0] and "93%" in notes[0]
+    assert "inference.stream_interval" in notes[0]

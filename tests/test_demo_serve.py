@@ -36,6 +36,9 @@ def test_serves_streams_benchmarks_and_prices_the_adapter(tiny_model_dir, adapte
     bench = json.loads((tmp_path / "bench" / "results.json").read_text())
     levels = {run["load"]["concurrency"]: run["summary"]["requests"] for run in bench["runs"]}
     assert levels == {c: {"total": 3, "completed": 3, "failed": 0, "errors": {}} for c in (1, 2)}
+    # the server's pid reached the benchmark: its main process's own CPU share is in every run (above 1 when
+    # the transformers engine generates on several threads in that process)
+    assert all(run["resources"]["server_process_cpu_share"] > 0 for run in bench["runs"])
     assert (tmp_path / "cost" / "cost.html").is_file()
     # the last JSON line is the cost command's (the bench command prints one before it)
     cost = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"report"')][-1]

@@ -122,6 +122,31 @@ def client_limit_notes(runs: list[dict[str, Any]], args: argparse.Namespace) -> 
     return notes
 
 
+SERVER_BUSY = 0.9  # a server's API process this busy (share of one core) limits what its engine can deliver
+
+
+def server_limit_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """A note for each level where the server's own process (--server-pid, without its children) was near a
+    full core. On vLLM that process is the API server (the engine runs in children), and one busy event loop
+    then limits the load (benchmarks/RESULTS.md, serve_overhead at 64 and 256 streams); with the transformers
+    engine it also generates, and the note says which case it means."""
+    notes = []
+    for run in runs:
+        share = (run.get("resources") or {}).get("server_process_cpu_share") or 0.0
+        if share >= SERVER_BUSY:
+            load = run["load"]
+            level = (
+                f"rate {load['rate']}/s" if load["mode"] == "rate" else f"concurrency {load['concurrency']}"
+            )
+            notes.append(
+                f"at {level} the server's main process (--server-pid) used {share:.0%} of a CPU core: in a"
+                " vLLM server (tuneforge serve on vLLM, or vllm serve) that is its API process, whose one"
+                " event loop then limits these figures rather than the GPU; on tuneforge serve,"
+                " inference.stream_interval=N sends N tokens per chunk and cuts its work per token"
+            )
+    return notes
+
+
 def run_levels(target, prompts: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     from tuneforge.bench.client import LoadSpec, run_benchmark
     from tuneforge.bench.resources import ResourceMonitor
@@ -193,7 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         engine = getattr(target, "engine", None)
         if engine is not None and hasattr(engine, "close"):
             engine.close()
-    notes = client_limit_notes(runs, args)
+    notes = client_limit_notes(runs, args) + server_limit_notes(runs)
     for note in notes:
         log.warning(note)
     if not any((r.get("resources") or {}).get("gpu_available") for r in runs):
@@ -280,7 +305,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--api-key", help="bearer token for the server")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic prompts and arrival times")
-    p.add_argument("--server-pid", type=int, help="also sample this local process's (and children's) memory")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        help="also sample this local process's (and children's) memory, and its own CPU share (a busy API"
+        " process limits the load)",
+    )
     p.add_argument(
         "--server-device", help="what serves the endpoint: cpu or gpu:<name> (default: detected when local)"
     )

@@ -179,6 +179,7 @@ class ResourceMonitor:
 
         psutil.cpu_percent(interval=None)  # starts psutil's CPU window
         self._t0 = time.perf_counter()
+        self._server_cpu0 = process_cpu_seconds(self.pid)
         self._thread = threading.Thread(target=self._run, name="resource-monitor", daemon=True)
         self._thread.start()
         return self
@@ -188,6 +189,30 @@ class ResourceMonitor:
         if self._thread is not None:
             self._thread.join(timeout=5 * self.interval_s + 5)
         self._sample()  # at least one sample, even for a run shorter than the interval
+        wall, cpu1 = time.perf_counter() - self._t0, process_cpu_seconds(self.pid)
+        self.server_cpu_share = (
+            None
+            if cpu1 is None or self._server_cpu0 is None
+            else (cpu1 - self._server_cpu0) / max(wall, 1e-9)
+        )
 
     def summary(self) -> dict[str, Any]:
-        return summarize_samples(self.samples)
+        """The samples' summary, and `server_process_cpu_share`: the CPU that process `pid` itself (not its
+        children: a server's API process, without its engine) used over the block, as a share of one core."""
+        out = summarize_samples(self.samples)
+        share = getattr(self, "server_cpu_share", None)
+        out["server_process_cpu_share"] = None if share is None else round(share, 3)
+        return out
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process `pid` alone; None without a pid or once it is gone."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return t.user + t.system
