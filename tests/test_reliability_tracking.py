@@ -292,3 +292,32 @@ def test_a_call_the_server_refuses_is_dropped_said_once_and_recorded(sqlite_uri,
     assert (
         len([r for r in caplog.records if r.levelno >= logging.WARNING and "refused" in r.getMessage()]) == 1
     )
+
+
+def test_a_store_whose_creation_dies_midway_leaves_nothing_a_later_run_cannot_open(tmp_path, monkeypatch):
+    """MLflow builds a new SQLite store through dozens of migrations; a run killed among them once left a
+    half-built mlflow.db that every later run failed on ("_alembic_tmp_experiment_tags already exists"). The
+    store is now built under another name and renamed when whole."""
+    import mlflow.store.db.utils as db_utils
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    real_upgrade = db_utils._upgrade_db
+
+    def killed_midway(engine):  # the initial tables exist, the migrations have not run
+        raise KeyboardInterrupt("killed during the migrations")
+
+    monkeypatch.setattr(db_utils, "_upgrade_db", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ExperimentTracker(uri)
+    assert not (tmp_path / "store" / "mlflow.db").exists()  # no half-built store under the real name
+
+    monkeypatch.setattr(db_utils, "_upgrade_db", real_upgrade)
+    tracker = ExperimentTracker(uri)
+    run_id = tracker.start_run("resumed", {"after": "a kill"})
+    tracker.log_metrics({"loss": 0.5}, step=1)
+    tracker.end_run()
+    stored = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert stored.data.metrics["loss"] == 0.5 and stored.info.status == "FINISHED"
+    # only the killed attempt's own file is left beside the store (a small orphan, never opened again)
+    leftovers = [p.name for p in (tmp_path / "store").iterdir() if p.name != "mlflow.db"]
+    assert len(leftovers) == 1 and leftovers[0].endswith(".creating")

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,35 @@ def default_tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def create_sqlite_store_whole(uri: str) -> None:
+    """A new SQLite store is built under a temporary name, then renamed into place. MLflow creates its tables
+    through dozens of migrations; a run killed among them left a file no later run could open ("table
+    _alembic_tmp_experiment_tags already exists"), so a resume failed. Other stores are left to MLflow."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.name or path.name == ":memory:" or path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.creating")  # a new name: MLflow caches stores
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+    client.search_experiments(max_results=1)  # creates the tables and the Default experiment
+    engine = getattr(client._tracking_client.store, "engine", None)
+    if engine is not None:
+        engine.dispose()
+    if not path.exists():  # another process may have made it meanwhile: keep the first
+        os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)
+
+
 class ExperimentTracker:
     def __init__(self, tracking_uri: str | None = None):
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = default_tracking_uri(tracking_uri)
+        create_sqlite_store_whole(self.tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.run_id: str | None = None
 
