@@ -100,29 +100,30 @@ def build_prompts(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     return prompts, {"prompts": f"synthetic, {args.input_len} words each", "max_tokens": args.output_len}
 
 
-CLIENT_BUSY = 0.9  # a client process this busy (share of one core) may be what limits the figures
+BUSY = 0.9  # a process this busy (share of one core) may be what limits the figures, not the engine
+
+
+def busy_levels(runs: list[dict[str, Any]], share_of) -> list[tuple[str, float]]:
+    """(level, share) for each run where `share_of(run)` (a share of one core, or None) reached BUSY."""
+    out = []
+    for run in runs:
+        share = share_of(run) or 0.0
+        if share >= BUSY:
+            load = run["load"]
+            rate = load["mode"] == "rate"
+            out.append((f"rate {load['rate']}/s" if rate else f"concurrency {load['concurrency']}", share))
+    return out
 
 
 def client_limit_notes(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     """A note for each level where the busiest HTTP client process was near a full core."""
     if args.in_process:  # the engine shares that process: its CPU is not the client's
         return []
-    notes = []
-    for run in runs:
-        share = (run.get("client") or {}).get("cpu_share") or 0.0
-        if share >= CLIENT_BUSY:
-            load = run["load"]
-            level = (
-                f"rate {load['rate']}/s" if load["mode"] == "rate" else f"concurrency {load['concurrency']}"
-            )
-            notes.append(
-                f"at {level} the busiest client process used {share:.0%} of a CPU core, so the load generator"
-                f" may be what limits these figures; run again with --client-procs {2 * args.client_procs}"
-            )
-    return notes
-
-
-SERVER_BUSY = 0.9  # a server's API process this busy (share of one core) limits what its engine can deliver
+    return [
+        f"at {level} the busiest client process used {share:.0%} of a CPU core, so the load generator"
+        f" may be what limits these figures; run again with --client-procs {2 * args.client_procs}"
+        for level, share in busy_levels(runs, lambda run: (run.get("client") or {}).get("cpu_share"))
+    ]
 
 
 def server_limit_notes(runs: list[dict[str, Any]]) -> list[str]:
@@ -130,21 +131,14 @@ def server_limit_notes(runs: list[dict[str, Any]]) -> list[str]:
     full core. On vLLM that process is the API server (the engine runs in children), and one busy event loop
     then limits the load (benchmarks/RESULTS.md, serve_overhead at 64 and 256 streams); with the transformers
     engine it also generates, and the note says which case it means."""
-    notes = []
-    for run in runs:
-        share = (run.get("resources") or {}).get("server_process_cpu_share") or 0.0
-        if share >= SERVER_BUSY:
-            load = run["load"]
-            level = (
-                f"rate {load['rate']}/s" if load["mode"] == "rate" else f"concurrency {load['concurrency']}"
-            )
-            notes.append(
-                f"at {level} the server's main process (--server-pid) used {share:.0%} of a CPU core: in a"
-                " vLLM server (tuneforge serve on vLLM, or vllm serve) that is its API process, whose one"
-                " event loop then limits these figures rather than the GPU; on tuneforge serve,"
-                " inference.stream_interval=N sends N tokens per chunk and cuts its work per token"
-            )
-    return notes
+    share_of = lambda run: (run.get("resources") or {}).get("server_process_cpu_share")  # noqa: E731
+    return [
+        f"at {level} the server's main process (--server-pid) used {share:.0%} of a CPU core: in a"
+        " vLLM server (tuneforge serve on vLLM, or vllm serve) that is its API process, whose one"
+        " event loop then limits these figures rather than the GPU; on tuneforge serve,"
+        " inference.stream_interval=N sends N tokens per chunk and cuts its work per token"
+        for level, share in busy_levels(runs, share_of)
+    ]
 
 
 def run_levels(target, prompts: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
