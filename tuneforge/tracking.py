@@ -53,7 +53,7 @@ def create_sqlite_store_whole(uri: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.creating")  # a new name: MLflow caches stores
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
     client.search_experiments(max_results=1)  # creates the tables and the Default experiment
-    engine = getattr(client._tracking_client.store, "engine", None)
+    engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
     if engine is not None:
         engine.dispose()
     if not path.exists():  # another process may have made it meanwhile: keep the first
