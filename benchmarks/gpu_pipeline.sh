@@ -21,7 +21,8 @@
 #                           adapter trained by `train`: accuracy and speculative decoding's acceptance
 #     overhead              HTTP overhead at concurrency 1/16/64/256, Mistral-7B shape: engine, tuneforge serve,
 #                           vllm serve (serve_overhead.py), py-spy of the API process at PYSPY (16);
-#                           INTERVAL=N: N tokens per streamed chunk; CLIENTS=N client processes (auto)
+#                           INTERVAL=N: N tokens per streamed chunk; CLIENTS=N client processes (auto);
+#                           APIPROCS=N: N HTTP processes over the engine in both servers
 #     stepcost              one stream on a 135M shape, plain then under py-spy (every process): a step's fixed cost
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
@@ -107,7 +108,7 @@ for stage in "$@"; do
         timed overhead python3 benchmarks/serve_overhead.py --model /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
             --warmup 32 --output-len 128 --py-spy "${PYSPY:-16}" --stream-interval "${INTERVAL:-1}" \
-            --client-procs "${CLIENTS:-auto}" --log-dir "$out" ;;
+            --client-procs "${CLIENTS:-auto}" --api-processes "${APIPROCS:-1}" --log-dir "$out" ;;
     stepcost)  # a batch-1 decode step when weights are not the cost: a 135M shape, plain, then under py-spy
         need /root/shapes/smollm2-135m v1
         lp=(python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy --dtype bfloat16

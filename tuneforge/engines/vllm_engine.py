@@ -12,6 +12,7 @@ process already holds, so there the KV cache gets an explicit size instead (`inf
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -166,6 +167,18 @@ def spec_decode_counts() -> dict[str, float]:
     }
 
 
+@dataclasses.dataclass
+class EnginePlan:
+    """A vLLM engine ready to start: the model folder and vLLM's `AsyncEngineArgs` (VLLMEngine.prepare)."""
+
+    path: str
+    engine_args: object
+    name: str
+    enable_lora: bool
+    revision: str | None
+    reasons: list[str]
+
+
 class VLLMEngine:
     """One `AsyncLLM`; adapters are `LoRARequest`s chosen per request, batched with base requests."""
 
@@ -192,10 +205,34 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """`adapters`: the adapter folders this engine will serve (LoRA room is sized to them); with
         `runtime_adapters`, or none given, room for others loaded later."""
-        from transformers import AutoTokenizer
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        plan = cls.prepare(
+            reference, cfg, name=name, enable_lora=enable_lora, cache_dir=cache_dir, revision=revision,
+            adapters=adapters, runtime_adapters=runtime_adapters,
+        )  # fmt: skip
+        log.info("starting vLLM on %s (%s)", reference, plan.path)
+        # vllm serve's batch defaults (OPENAI_API_SERVER): on an H200 1024 requests and 8192 tokens per step,
+        # against 128 and 2048 for a bare AsyncLLM, which left half of 256 concurrent requests queued.
+        llm = AsyncLLM.from_engine_args(plan.engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+        return cls._wrap(llm, plan)
+
+    @classmethod
+    def prepare(
+        cls,
+        reference: str,
+        cfg: InferenceConfig,
+        *,
+        name: str | None = None,
+        enable_lora: bool = True,
+        cache_dir: str | None = None,
+        revision: str | None = None,
+        adapters: Sequence[str] = (),
+        runtime_adapters: bool = False,
+    ) -> EnginePlan:
+        """What starting this engine takes, without starting it: the model folder, vLLM's engine arguments
+        (picklable, for API processes that attach to one engine) and the serving profile's reasons."""
         from tuneforge.models.resolve import resolve_model
 
         ref = resolve_model(reference, cache_dir)
@@ -214,17 +251,37 @@ class VLLMEngine:
         )
         if enable_lora:
             use_tuned_lora_kernels(ref.path, cpu=on_cpu())
-        log.info("starting vLLM on %s (%s)", reference, ref.path)
-        # vllm serve's batch defaults (OPENAI_API_SERVER): on an H200 1024 requests and 8192 tokens per step,
-        # against 128 and 2048 for a bare AsyncLLM, which left half of 256 concurrent requests queued.
-        llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        return EnginePlan(ref.path, args, name or reference, enable_lora, revision, reasons)
+
+    @classmethod
+    def attach(cls, plan: EnginePlan, client_config: dict) -> VLLMEngine:
+        """In one of several API processes: an engine on the vLLM engine core another process started
+        (engines/vllm_frontends.py), reached through `client_config`."""
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from tuneforge.engines.vllm_frontends import client_engine_config
+
+        config, client = client_engine_config(plan.engine_args, client_config)
+        log.info(
+            "API process %d of %d: connecting to the engine",
+            client["client_index"] + 1,
+            client["client_count"],
+        )
+        llm = AsyncLLM.from_vllm_config(config, usage_context=UsageContext.OPENAI_API_SERVER, **client)
+        return cls._wrap(llm, plan)
+
+    @classmethod
+    def _wrap(cls, llm, plan: EnginePlan) -> VLLMEngine:
+        from transformers import AutoTokenizer
+
         sched = llm.vllm_config.scheduler_config
         log.info(
             "vLLM batches %d requests, %d tokens a step", sched.max_num_seqs, sched.max_num_batched_tokens
         )
-        tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=revision)
-        engine = cls(llm, tokenizer, name or reference, enable_lora)
-        engine.profile_reasons = reasons
+        tokenizer = AutoTokenizer.from_pretrained(plan.path, revision=plan.revision)
+        engine = cls(llm, tokenizer, plan.name, plan.enable_lora)
+        engine.profile_reasons = plan.reasons
         return engine
 
     # -- prompts -------------------------------------------------------------------------------------

@@ -47,10 +47,13 @@ def default_engine_factory(settings: ServeSettings):
     )
 
 
-def build_app(settings: ServeSettings, engine_factory: Callable | None = None) -> FastAPI:
+def build_app(
+    settings: ServeSettings, engine_factory: Callable | None = None, process: tuple[int, int] | None = None
+) -> FastAPI:
+    """`process`: (index, count) in an API process of several over one engine (serve/processes.py)."""
     factory = engine_factory or default_engine_factory
     metrics = ServerMetrics()
-    svc = GenerationService(settings, metrics)
+    svc = GenerationService(settings, metrics, process)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

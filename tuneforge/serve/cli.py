@@ -59,6 +59,12 @@ def register(sub, fmt) -> None:
         help="how many times a stopped engine is started again over the server's life, its adapters "
         "reloaded (default 3; 0: stay down)",
     )
+    p.add_argument(
+        "--api-processes",
+        type=int,
+        help="HTTP processes over one vLLM engine, each on its own core, for many concurrent streams "
+        "(as vllm serve --api-server-count; default 1). Adapters come from --adapter only",
+    )
     p.add_argument("--cache-dir", help="cache folder for the embedded default")
     p.set_defaults(func=cmd_serve)
 
@@ -110,6 +116,7 @@ def settings_from_args(args: argparse.Namespace):
         max_pending=args.max_pending,
         request_timeout_s=args.request_timeout_s,
         engine_restarts=args.engine_restarts,
+        api_processes=getattr(args, "api_processes", None),
         inference=inference,
         sampling=recipe.sampling,
         cache_dir=args.cache_dir or recipe.model.cache_dir,
@@ -130,11 +137,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     base = f"http://{settings.host}:{settings.port}"
     model = next(iter(settings.adapters), settings.name)
     auth = " -H 'authorization: Bearer $TUNEFORGE_API_KEY'" if settings.api_key else ""
-    print(f"serving {settings.name} ({engine}) on {base}; adapters: {', '.join(settings.adapters) or 'none'}")
+    procs = settings.api_processes
+    if procs > 1:
+        from tuneforge.serve import processes
+
+        processes.check(settings, engine)
+    where = f"{base}, {procs} API processes" if procs > 1 else base
+    print(
+        f"serving {settings.name} ({engine}) on {where}; adapters: {', '.join(settings.adapters) or 'none'}"
+    )
     print(f"  ready when {base}/ready says 200; then, for example:")
     print(
         f"  curl -N {base}/generate -H 'content-type: application/json'{auth} "
         f"""-d '{{"prompt": "Hello", "model": "{model}", "max_tokens": 32}}'"""
     )
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
+    if procs > 1:
+        processes.serve(settings)
+    else:
+        uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -1,8 +1,15 @@
-"""Prometheus metrics for one app (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics for one app (its own registry, so several apps can live in one process). When
+several API processes serve one engine (`api_processes`), each writes its counts to
+PROMETHEUS_MULTIPROC_DIR and /metrics adds up all of them, whichever process answers."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+OWN_PREFIX = "tuneforge_"  # vLLM's processes write their metrics to the same folder; /metrics shows ours
 
 ENGINE_STATES = ["loading", "ready", "restarting", "failed", "dead"]
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -22,7 +29,10 @@ class ServerMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "tuneforge_queue_depth", "Generation requests admitted and not finished", registry=r
+            "tuneforge_queue_depth",
+            "Generation requests admitted and not finished",
+            registry=r,
+            multiprocess_mode="livesum",  # with several API processes: the sum over those alive
         )
         self.ttft = Histogram(
             "tuneforge_time_to_first_token_seconds",
@@ -52,3 +62,24 @@ class ServerMetrics:
             ["outcome"],
             registry=r,
         )
+
+    def exposition(self) -> bytes:
+        """The text /metrics serves: this process's registry, or with several API processes everyone's
+        counts added up (and this process's engine state: one engine, the same for all)."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        summed = CollectorRegistry()
+        summed.register(OwnFamilies(folder))
+        summed.register(self.engine_state)
+        return generate_latest(summed)
+
+
+class OwnFamilies:
+    """tuneforge's metric families from every process's files in `folder`."""
+
+    def __init__(self, folder: str):
+        self.all = MultiProcessCollector(None, folder)
+
+    def collect(self):
+        return [family for family in self.all.collect() if family.name.startswith(OWN_PREFIX)]

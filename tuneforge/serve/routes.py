@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tuneforge.serve.errors import error_body
 from tuneforge.serve.protocol import (
@@ -95,7 +95,7 @@ async def generate_batch(body: BatchGenerateRequest, request: Request) -> BatchG
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(service(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @open_router.get(
@@ -110,6 +110,8 @@ async def health(request: Request):
         body = {"status": "dead", "engine": state, "error": svc.load_error or svc.stop_reason}
         return JSONResponse(body | {"restarts": svc.restarts}, status_code=503)
     body = {"status": "ok", "engine": state}
+    if svc.process is not None:  # which of several API processes answered: "2/4"
+        body["api_process"] = f"{svc.process[0] + 1}/{svc.process[1]}"
     if state == "restarting":
         body |= {"error": svc.stop_reason, "restarts": svc.restarts}
     return body

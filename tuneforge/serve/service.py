@@ -48,8 +48,11 @@ RELEASE_TIMEOUT_S = 60.0  # the most a stopped engine's shutdown may take before
 
 
 class GenerationService:
-    def __init__(self, settings: ServeSettings, metrics: ServerMetrics):
+    def __init__(
+        self, settings: ServeSettings, metrics: ServerMetrics, process: tuple[int, int] | None = None
+    ):
         self.settings, self.metrics = settings, metrics
+        self.process = process  # (index, count) when one of several API processes over one engine
         self.engine = None
         self.phase = "loading"
         """What the server is doing while `engine` is None: loading, restarting, failed or dead."""

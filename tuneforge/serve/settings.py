@@ -42,6 +42,10 @@ class ServeSettings(BaseSettings):
     0: never, the server stays down and says so on /health and /ready."""
     engine_restart_backoff_s: float = Field(2.0, ge=0)
     """Wait before the first restart attempt after the engine stops, doubled after each failed attempt."""
+    api_processes: int = Field(1, ge=1)
+    """HTTP processes over one vLLM engine (as `vllm serve --api-server-count`): each parses requests and
+    streams on its own core. With more than 1, max_pending is shared out among them, adapters come only
+    from `adapters`, and the server exits when the engine stops (a supervisor restarts it)."""
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     """Engine settings (see `tuneforge config keys`, section inference)."""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
