@@ -8,7 +8,7 @@
 Every path gets the same synthetic prompts, `ignore_eos` (so every request makes exactly --output-len
 tokens), greedy sampling, prefix caching on, at each fixed concurrency (one engine or server start per
 path, the levels one after the other). Both servers are timed by the same streaming client
-(tuneforge.bench.client, /v1/completions), split over client processes (--client-procs; auto: one per 32
+(tuneforge.bench.client, /v1/completions), split over client processes (--client-procs; auto: one per 16
 streams, since one process tops out near 8,000 tokens/s), whose busiest CPU share each row shows.
 Target: ours >= 95% of direct throughput at every level, median TTFT within 5 ms of `vllm serve`'s.
 `--stream-interval N` has vLLM gather N tokens per streamed chunk on all three paths (1: every token).
@@ -63,11 +63,12 @@ def measure_levels(run, args, prompts: list[str], on_level=None) -> dict[int, di
 
 
 def client_procs(args, concurrency: int) -> int:
-    """Client processes for an HTTP path: --client-procs, or one per 32 streams (one streaming client
-    tops out near 8,000 tokens/s, benchmarks/RESULTS.md) up to half this machine's cores."""
+    """Client processes for an HTTP path: --client-procs, or one per 16 streams up to half this machine's
+    cores: one streaming client tops out near 8,000 tokens/s, and two held 78% of a core each at 64
+    streams once the server kept up (several API processes; benchmarks/RESULTS.md)."""
     if args.client_procs != "auto":
         return int(args.client_procs)
-    return max(1, min(-(-concurrency // 32), (os.cpu_count() or 2) // 2))
+    return max(1, min(-(-concurrency // 16), (os.cpu_count() or 2) // 2))
 
 
 stop = stop_process  # api_overhead.py and soak.py import it (and wait_ready) from here
@@ -178,7 +179,7 @@ def main() -> None:
     p.add_argument(
         "--client-procs",
         default="auto",
-        help="client processes for the HTTP paths (auto: one per 32 streams)",
+        help="client processes for the HTTP paths (auto: one per 16 streams)",
     )
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

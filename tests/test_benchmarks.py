@@ -222,11 +222,11 @@ def test_serve_overhead_levels_and_ratios_against_the_engine_at_the_same_level()
         ("direct engine", 1): 1.0, ("direct engine", 64): 1.0,
         ("tuneforge serve", 1): 0.95, ("tuneforge serve", 64): 0.97,
     }  # fmt: skip
-    # HTTP paths get a client process per 32 streams, up to half the cores, unless told how many
+    # HTTP paths get a client process per 16 streams, up to half the cores, unless told how many
     auto = type("Args", (), {"client_procs": "auto"})()
     cores = os.cpu_count() or 2
-    assert [so.client_procs(auto, c) for c in (1, 32, 33, 256)] == [1, 1, min(2, max(1, cores // 2)),
-                                                                    max(1, min(8, cores // 2))]  # fmt: skip
+    assert [so.client_procs(auto, c) for c in (1, 16, 17, 256)] == [1, 1, min(2, max(1, cores // 2)),
+                                                                    max(1, min(16, cores // 2))]  # fmt: skip
     assert so.client_procs(type("Args", (), {"client_procs": "3"})(), 256) == 3
 
 
