@@ -39,7 +39,7 @@ def server(tmp_path_factory):
     cmd = [
         sys.executable, "-m", "tuneforge.cli", "serve", model, "inference.max_model_len=512",
         "--engine", "vllm", "--port", str(port), "--served-name", "base", "--adapter", f"first={adapter}",
-        "--api-key", KEY, "--api-processes", "2", "--max-pending", "3",
+        "--api-key", KEY, "--api-processes", "2", "--max-pending", "16",
     ]  # fmt: skip
     log = tmp_path_factory.mktemp("log") / "server.log"
     with open(log, "w") as out:
@@ -92,6 +92,25 @@ def test_both_api_processes_answer_with_the_same_engine(server):
     assert answered_by == {"1/2", "2/2"}
     assert texts["base"] == {"The capital of France is Paris."}  # every process, the same greedy answer
     assert len(texts["first"]) == 1 and texts["first"] != texts["base"]  # the adapter, loaded in each
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_base_requests_beside_adapter_requests_get_the_base_answer(server):
+    """One adapter slot, base and adapter requests in the same batches: without the fix for vLLM's CPU
+    LoRA op (engines/vllm_cpu_lora.py) base requests were answered through the adapter."""
+    import concurrent.futures
+
+    def ask(model: str) -> tuple[str, str]:
+        body = {"prompt": CHAT, "max_tokens": 12, "temperature": 0, "stream": False, "model": model}
+        r = httpx.post(server["base"] + "/generate", json=body, headers=AUTH, timeout=120)
+        assert r.status_code == 200, r.text
+        return model, r.json()["text"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, ["base", "first"] * 6))
+    assert {text for model, text in answers if model == "base"} == {"The capital of France is Paris."}
+    assert len({text for model, text in answers if model == "first"}) == 1
 
 
 @pytest.mark.vllm
