@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from fake_engine import FakeEngine
 from fastapi.testclient import TestClient
@@ -39,3 +42,23 @@ def sse_events(raw: str) -> list[str]:
 
 def sse_json(raw: str) -> list:
     return [json.loads(p) if p != "[DONE]" else "[DONE]" for p in sse_events(raw)]
+
+
+def start_server(cmd: list[str], log: Path, timeout: float = 600, poll_s: float = 1.0):
+    """A server command (with --port) started, its output in `log`, and ready (/ready says 200):
+    (process, base URL). Fails the test with the log's last lines when it does not get there."""
+    import pytest
+
+    from tuneforge import command
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    base = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
+    try:
+        command.wait_ready(f"{base}/ready", proc, timeout, log, poll_s=poll_s)
+    except command.ServerNotReady as e:
+        proc.kill()
+        pytest.fail(str(e))
+    return proc, base

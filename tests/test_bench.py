@@ -389,4 +389,4 @@ def test_a_busy_server_process_is_named_in_the_notes_with_what_to_do():
     ]
     notes = server_limit_notes(runs)
     assert len(notes) == 1 and "rate 50.0/s" in notes[0] and "93%" in notes[0]
-    assert "inference.stream_interval" in notes[0]
+    assert "inference.stream_interval" in notes[0] and "--api-processes N" in notes[0]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ import httpx
 import psutil
 import pytest
 from serve_client import sse_json as sse_data
+from serve_client import start_server
 from test_serve_app import free_port
 from test_serve_real import CHAT, random_adapter
 
@@ -53,13 +53,8 @@ def server(tmp_path_factory):
         "--adapter", f"first={root / 'first'}", "--adapter-dir", str(root), "--engine-restarts", "1",
     ]  # fmt: skip
     log = tmp_path_factory.mktemp("log") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(cmd, log, timeout=900, poll_s=0.5)
     try:
-        wait_ready(base, proc, log)
         yield {"base": base, "proc": proc, "log": log}
     finally:
         stop_process(proc)

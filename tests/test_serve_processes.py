@@ -16,10 +16,10 @@ import textwrap
 import httpx
 import psutil
 import pytest
+from serve_client import start_server
 from test_serve_app import free_port
 from test_serve_real import CHAT, random_adapter
 
-from tuneforge.command import ServerNotReady, wait_ready
 from tuneforge.errors import ConfigError
 from tuneforge.serve import processes
 from tuneforge.serve.settings import ServeSettings
@@ -42,16 +42,7 @@ def server(tmp_path_factory):
         "--api-key", KEY, "--api-processes", "2", "--max-pending", "16",
     ]  # fmt: skip
     log = tmp_path_factory.mktemp("log") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{base}/ready", proc, 600, log)
-    except ServerNotReady as e:
-        proc.kill()
-        pytest.fail(str(e))
+    proc, base = start_server(cmd, log)
     yield {"base": base, "proc": proc, "log": log}
     if proc.poll() is None:
         proc.kill()
@@ -76,6 +67,9 @@ def each_process(server, path: str, tries: int = 200) -> dict[str, httpx.Respons
 def test_both_api_processes_answer_with_the_same_engine(server):
     seen = each_process(server, "/ready")
     assert sorted(seen) == ["1/2", "2/2"], f"only {sorted(seen)} answered"
+    children = {p.pid for p in psutil.Process(server["proc"].pid).children()}
+    pids = {httpx.get(server["base"] + "/health").json()["pid"] for _ in range(40)}
+    assert pids <= children and server["proc"].pid not in pids  # the API processes, not the parent
     assert all(r.status_code == 200 and r.json()["models"] == ["base", "first"] for r in seen.values())
     texts: dict[str, set[str]] = {"base": set(), "first": set()}
     answered_by: set[str] = set()

@@ -135,8 +135,9 @@ def server_limit_notes(runs: list[dict[str, Any]]) -> list[str]:
     return [
         f"at {level} the server's main process (--server-pid) used {share:.0%} of a CPU core: in a"
         " vLLM server (tuneforge serve on vLLM, or vllm serve) that is its API process, whose one"
-        " event loop then limits these figures rather than the GPU; on tuneforge serve,"
-        " inference.stream_interval=N sends N tokens per chunk and cuts its work per token"
+        " event loop then limits these figures rather than the GPU; tuneforge serve --api-processes N"
+        " (vllm serve --api-server-count N) spreads it over N processes, and inference.stream_interval=N"
+        " sends N tokens per chunk"
         for level, share in busy_levels(runs, share_of)
     ]
 
@@ -303,7 +304,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--server-pid",
         type=int,
         help="also sample this local process's (and children's) memory, and its own CPU share (a busy API"
-        " process limits the load)",
+        " process limits the load; with tuneforge serve --api-processes N, /health names an API process's"
+        " pid)",
     )
     p.add_argument(
         "--server-device", help="what serves the endpoint: cpu or gpu:<name> (default: detected when local)"

@@ -191,27 +191,13 @@ class VLLMEngine:
         self.profile_reasons: list[str] = []  # what inference.profile chose, and why
 
     @classmethod
-    def start(
-        cls,
-        reference: str,
-        cfg: InferenceConfig,
-        *,
-        name: str | None = None,
-        enable_lora: bool = True,
-        cache_dir: str | None = None,
-        revision: str | None = None,
-        adapters: Sequence[str] = (),
-        runtime_adapters: bool = False,
-    ) -> VLLMEngine:
-        """`adapters`: the adapter folders this engine will serve (LoRA room is sized to them); with
-        `runtime_adapters`, or none given, room for others loaded later."""
+    def start(cls, reference: str, cfg: InferenceConfig, **options) -> VLLMEngine:
+        """A started engine; `options` are `prepare`'s (name, enable_lora, cache_dir, revision, adapters,
+        runtime_adapters)."""
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        plan = cls.prepare(
-            reference, cfg, name=name, enable_lora=enable_lora, cache_dir=cache_dir, revision=revision,
-            adapters=adapters, runtime_adapters=runtime_adapters,
-        )  # fmt: skip
+        plan = cls.prepare(reference, cfg, **options)
         log.info("starting vLLM on %s (%s)", reference, plan.path)
         # vllm serve's batch defaults (OPENAI_API_SERVER): on an H200 1024 requests and 8192 tokens per step,
         # against 128 and 2048 for a bare AsyncLLM, which left half of 256 concurrent requests queued.
@@ -232,7 +218,9 @@ class VLLMEngine:
         runtime_adapters: bool = False,
     ) -> EnginePlan:
         """What starting this engine takes, without starting it: the model folder, vLLM's engine arguments
-        (picklable, for API processes that attach to one engine) and the serving profile's reasons."""
+        (picklable, for API processes that attach to one engine) and the serving profile's reasons.
+        `adapters`: the adapter folders this engine will serve (LoRA room is sized to them); with
+        `runtime_adapters`, or none given, room for others loaded later."""
         from tuneforge.models.resolve import resolve_model
 
         ref = resolve_model(reference, cache_dir)

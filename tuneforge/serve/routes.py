@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -110,8 +111,8 @@ async def health(request: Request):
         body = {"status": "dead", "engine": state, "error": svc.load_error or svc.stop_reason}
         return JSONResponse(body | {"restarts": svc.restarts}, status_code=503)
     body = {"status": "ok", "engine": state}
-    if svc.process is not None:  # which of several API processes answered: "2/4"
-        body["api_process"] = f"{svc.process[0] + 1}/{svc.process[1]}"
+    if svc.process is not None:  # which of several API processes answered: "2/4", and its pid
+        body |= {"api_process": f"{svc.process[0] + 1}/{svc.process[1]}", "pid": os.getpid()}
     if state == "restarting":
         body |= {"error": svc.stop_reason, "restarts": svc.restarts}
     return body
