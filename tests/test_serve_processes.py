@@ -141,6 +141,35 @@ def test_sigterm_stops_every_process(server):
     assert not alive, [p.name() for p in alive]
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_when_the_engine_dies_the_server_exits_with_its_processes_and_says_why(tmp_path):
+    """No engine restarts with several API processes: the whole server stops, for its supervisor."""
+    port = free_port()
+    serve = [sys.executable, "-m", "tuneforge.cli", "serve", "smollm2-135m-instruct"]
+    cmd = [
+        *serve,
+        "inference.max_model_len=64",
+        "--engine",
+        "vllm",
+        "--port",
+        str(port),
+        "--api-processes",
+        "2",
+    ]
+    proc, _ = start_server(cmd, tmp_path / "server.log")
+    family = psutil.Process(proc.pid).children(recursive=True)
+    engine = [p for p in family if "EngineCore" in p.name()]
+    assert len(engine) == 1, [p.name() for p in family]
+    engine[0].kill()
+    assert proc.wait(120) != 0
+    _, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, [p.name() for p in alive]
+    log = (tmp_path / "server.log").read_text()
+    assert "error: the server stopped: Engine core process" in log and "--api-processes" in log
+
+
 # -- what several API processes refuse, without starting anything ------------------------------------
 
 

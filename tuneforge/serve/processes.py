@@ -18,7 +18,7 @@ import logging
 import math
 import socket
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,16 @@ def serve(settings: ServeSettings) -> None:
     sock = listen(settings.host, settings.port)
     address = f"http://{settings.host}:{settings.port}"
     log.info("%d API processes on %s over one vLLM engine", settings.api_processes, address)
-    run_shared_engine(plan.engine_args, settings.api_processes, api_process, (settings, plan), address, sock)
+    try:
+        run_shared_engine(
+            plan.engine_args, settings.api_processes, api_process, (settings, plan), address, sock
+        )
+    except RuntimeError as e:  # vLLM's word for an engine or API process that stopped
+        raise TuneforgeError(
+            f"the server stopped: {str(e).rstrip('.')}. The log above has the cause; with --api-processes "
+            "the server exits when its engine stops (requests in flight are cut off), for its supervisor "
+            "(systemd, Kubernetes) to start it again"
+        ) from None
 
 
 def api_process(listen_address: str, sock: socket.socket, payload, client_config: dict) -> None:
