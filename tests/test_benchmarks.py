@@ -266,3 +266,17 @@ def test_api_overhead_measures_both_servers_on_the_same_simulated_tokens():
     assert rows["minimal"]["cpu_vs_minimal"] == 1.0
     ratio = rows["tuneforge"]["api_cpu_us_per_token"] / rows["minimal"]["api_cpu_us_per_token"]
     assert rows["tuneforge"]["cpu_vs_minimal"] == round(ratio, 3)
+
+
+@pytest.mark.vllm
+def test_cpu_lora_shrink_times_vllms_op_and_the_fix_on_the_same_inputs():
+    pytest.importorskip("vllm")
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cpu_lora_shrink.py"), "--calls", "5", "--rounds", "2"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["tokens"] for r in rows] == [1, 16, 64]
+    for r in rows:  # the ratio is of the unrounded times
+        assert r["vllm_us"] > 0 and r["ratio"] == pytest.approx(r["fixed_us"] / r["vllm_us"], rel=0.05)

@@ -24,9 +24,8 @@ def zero_base_rows(shrink):
     @functools.wraps(shrink)
     def fixed(inputs, lora_weights, output_tensor, lora_indices_tensor, scaling=1.0):
         shrink(inputs, lora_weights, output_tensor, lora_indices_tensor, scaling)
-        base = lora_indices_tensor < 0
-        if base.any():
-            output_tensor[base] = 0
+        # rows of slot -1 set to 0 in place: one elementwise op, no branch on the data
+        output_tensor.masked_fill_((lora_indices_tensor < 0).unsqueeze(1), 0)
 
     fixed.tuneforge_fixed = True
     return fixed
