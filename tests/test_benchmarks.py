@@ -230,6 +230,30 @@ def test_serve_overhead_levels_and_ratios_against_the_engine_at_the_same_level()
     assert so.client_procs(type("Args", (), {"client_procs": "3"})(), 256) == 3
 
 
+def test_serve_overhead_gives_both_servers_the_same_adapter_and_lora_room(tiny_model_dir, tmp_path):
+    """--lora-rank: tuneforge serve and vllm serve serve one random adapter of the model's shape, sized to
+    it (vLLM's next allowed rank), under the same name the requests ask for; without it, no LoRA at all."""
+    so = bench_module("serve_overhead")
+    lo = bench_module("lora_overhead")
+    adapter = tmp_path / "ad"
+    lo.make_adapter(str(tiny_model_dir), str(adapter), 12, list(lo.MODULES))
+    args = type("Args", (), dict(dtype="float32", max_model_len=256, load_format="auto", stream_interval=1,
+                                 api_processes=1, adapter=str(adapter)))()  # fmt: skip
+    ours = so.tuneforge_command(args, str(tiny_model_dir), 8001)
+    assert ours[ours.index("--adapter") + 1] == f"{so.ADAPTER}={adapter}"
+    theirs, env = so.vllm_command(args, str(tiny_model_dir), 8002)
+    flag = {k: theirs[theirs.index(k) + 1] for k in ("--lora-modules", "--max-loras", "--max-lora-rank")}
+    assert "--enable-lora" in theirs and flag == {
+        "--lora-modules": f"{so.ADAPTER}={adapter}", "--max-loras": "1", "--max-lora-rank": "16",
+    }  # fmt: skip
+    assert env is not None and "--api-server-count" not in theirs
+    args.adapter, args.api_processes = None, 4
+    theirs, env = so.vllm_command(args, str(tiny_model_dir), 8002)
+    assert env is None and not any("lora" in a for a in theirs)
+    assert theirs[theirs.index("--api-server-count") + 1] == "4"
+    assert "--adapter" not in so.tuneforge_command(args, str(tiny_model_dir), 8001)
+
+
 def test_gpu_pipeline_runs_the_stages_its_header_lists_and_parses():
     import re
 
