@@ -13,7 +13,9 @@ Variants join options with '+': default, fp8 (FP8 weights, online quantization),
 ngram (n-gram speculative decoding, --spec-tokens per step), latency (what `--profile latency` picks),
 gptq4 (the model folder as a 4-bit GPTQ checkpoint, group 128: random weights only, --load-format dummy),
 marlin (vLLM's Marlin weight-only kernels for fp8 and gptq4 instead of its W8A8 / Machete choice),
-v1runner (vLLM's V1 model runner instead of the V2 one it picks for these models: a step's CPU cost), e.g.
+v1runner (vLLM's V1 model runner instead of the V2 one it picks for these models: a step's CPU cost);
+for a batch-1 step's host work: seqs1 (max_num_seqs 1), mp (the model runner in its own process), spin
+(its queue spins), tritonattn or fa2 (attention without FA3's per-step metadata), nostats, noprefix, e.g.
 
     python benchmarks/latency_profile.py /root/shapes/mistral-7b --load-format dummy --dtype bfloat16 \\
         --variants default,fp8,fp8+fp8kv,latency --prompt-len 128 --output-len 512
@@ -26,6 +28,7 @@ Prints a table (ratios against the first variant), then a JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -44,6 +47,21 @@ OPTIONS = {
     "gptq4": {},
     "marlin": {},
     "v1runner": {},
+    "seqs1": {"max_num_seqs": 1},
+    "mp": {},
+    "spin": {},
+    "tritonattn": {},
+    "fa2": {},
+    "nostats": {},
+    "noprefix": {},
+}
+# Options that are vLLM engine arguments tuneforge's recipe does not carry: set on the engine's plan
+ENGINE_ARGS = {
+    "mp": {"distributed_executor_backend": "mp"},  # the model runner in its own process, off the engine loop
+    "tritonattn": {"attention_backend": "TRITON_ATTN"},  # no per-step host work to build attention metadata
+    "fa2": {"attention_config": {"flash_attn_version": 2}},  # FA3's per-step scheduler metadata skipped
+    "nostats": {"disable_log_stats": True},
+    "noprefix": {"enable_prefix_caching": False},
 }
 # Options that are not inference.* settings: environment for the variant's process, or a model folder change
 ENVIRONMENT = {
@@ -52,6 +70,7 @@ ENVIRONMENT = {
         "VLLM_DISABLED_KERNELS": "MacheteLinearKernel,CutlassW4A8LinearKernel",
     },
     "v1runner": {"VLLM_USE_V2_MODEL_RUNNER": "0"},
+    "spin": {"VLLM_USE_SPINLOOP_EXT": "1"},  # with mp: the runner's shared-memory queue spins, not sleeps
 }
 # vLLM finds a GPTQ checkpoint's quantized layers from its safetensors metadata unless the config lists them;
 # dummy weights have no files, so the list is written out (without it every layer stays bf16)
@@ -62,6 +81,20 @@ GPTQ4 = {
         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"],
     ],
 }  # fmt: skip
+
+
+def variant_engine_args(variant: str) -> dict:
+    out: dict = {}
+    for part in variant.split("+"):
+        out.update(ENGINE_ARGS.get(part, {}))
+    return out
+
+
+def with_engine_args(plan, variant: str):
+    """An engine plan (VLLMEngine.prepare) with the variant's vLLM engine arguments set on it."""
+    if extra := variant_engine_args(variant):
+        return dataclasses.replace(plan, engine_args=dataclasses.replace(plan.engine_args, **extra))
+    return plan
 
 
 def variant_environment(variant: str) -> dict[str, str]:
@@ -155,8 +188,9 @@ def child(args, variant: str) -> None:
     model = args.model
     if "gptq4" in variant.split("+"):
         model = str(gptq4_folder(args.model, Path(tempfile.mkdtemp(prefix="gptq4-"))))
-    engine = VLLMEngine.start(model, inference_config(variant, args), enable_lora=bool(adapters),
+    plan = VLLMEngine.prepare(model, inference_config(variant, args), enable_lora=bool(adapters),
                               adapters=adapters)  # fmt: skip
+    engine = VLLMEngine.launch(with_engine_args(plan, variant))
     print(f"STARTED {time.time() - t0:.1f}", flush=True)
     print("ENGINE " + json.dumps(engine.describe(), default=str), flush=True)
     adapter = None

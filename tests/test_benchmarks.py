@@ -158,6 +158,22 @@ def test_latency_profile_kernel_options_set_the_variant_process_environment_only
     assert lp.variant_settings("latency+v1runner", 4) == {"profile": "latency"}
 
 
+def test_latency_profile_engine_options_reach_vllms_engine_arguments(tiny_model_dir):
+    from tuneforge.config import InferenceConfig
+    from tuneforge.engines.vllm_engine import VLLMEngine
+
+    lp = bench_module("latency_profile")
+    assert lp.variant_settings("gptq4+latency+mp+fa2+seqs1", 4) == {"profile": "latency", "max_num_seqs": 1}
+    assert lp.variant_environment("mp+spin") == {"VLLM_USE_SPINLOOP_EXT": "1"}
+    plan = VLLMEngine.prepare(str(tiny_model_dir), InferenceConfig(), enable_lora=False)
+    assert lp.with_engine_args(plan, "default") is plan
+    changed = lp.with_engine_args(plan, "mp+fa2+tritonattn+nostats+noprefix").engine_args
+    assert changed.distributed_executor_backend == "mp" and changed.attention_backend == "TRITON_ATTN"
+    assert changed.attention_config.flash_attn_version == 2  # a dict becomes vLLM's AttentionConfig
+    assert changed.disable_log_stats is True and changed.enable_prefix_caching is False
+    assert changed.model == plan.engine_args.model and plan.engine_args.distributed_executor_backend != "mp"
+
+
 def test_latency_profile_gptq4_folder_relabels_the_config_and_keeps_the_tokenizer(tmp_path):
     lp = bench_module("latency_profile")
     src = tmp_path / "shape"

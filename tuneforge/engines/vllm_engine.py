@@ -194,11 +194,15 @@ class VLLMEngine:
     def start(cls, reference: str, cfg: InferenceConfig, **options) -> VLLMEngine:
         """A started engine; `options` are `prepare`'s (name, enable_lora, cache_dir, revision, adapters,
         runtime_adapters)."""
+        return cls.launch(cls.prepare(reference, cfg, **options))
+
+    @classmethod
+    def launch(cls, plan: EnginePlan) -> VLLMEngine:
+        """The engine `plan` describes, started in this process (its engine core in a child process)."""
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        plan = cls.prepare(reference, cfg, **options)
-        log.info("starting vLLM on %s (%s)", reference, plan.path)
+        log.info("starting vLLM on %s (%s)", plan.name, plan.path)
         # vllm serve's batch defaults (OPENAI_API_SERVER): on an H200 1024 requests and 8192 tokens per step,
         # against 128 and 2048 for a bare AsyncLLM, which left half of 256 concurrent requests queued.
         llm = AsyncLLM.from_engine_args(plan.engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
