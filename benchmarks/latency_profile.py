@@ -15,7 +15,8 @@ gptq4 (the model folder as a 4-bit GPTQ checkpoint, group 128: random weights on
 marlin (vLLM's Marlin weight-only kernels for fp8 and gptq4 instead of its W8A8 / Machete choice),
 v1runner (vLLM's V1 model runner instead of the V2 one it picks for these models: a step's CPU cost);
 for a batch-1 step's host work: seqs1 (max_num_seqs 1), mp (the model runner in its own process), spin
-(its queue spins), tritonattn or fa2 (attention without FA3's per-step metadata), nostats, noprefix, e.g.
+(its queue spins), tritonattn or flashattn (vLLM's Triton or FlashAttention kernels), fa2 (FlashAttention 2,
+not in vLLM 0.26's CUDA wheel), nostats, noprefix, e.g.
 
     python benchmarks/latency_profile.py /root/shapes/mistral-7b --load-format dummy --dtype bfloat16 \\
         --variants default,fp8,fp8+fp8kv,latency --prompt-len 128 --output-len 512
@@ -50,7 +51,8 @@ OPTIONS = {
     "seqs1": {"max_num_seqs": 1},
     "mp": {},
     "spin": {},
-    "tritonattn": {},
+    "tritonattn": {"attention_backend": "TRITON_ATTN"},  # what --profile latency picks on a GPU
+    "flashattn": {"attention_backend": "FLASH_ATTN"},  # vLLM's own choice on Hopper (FlashAttention 3)
     "fa2": {},
     "nostats": {},
     "noprefix": {},
@@ -58,7 +60,6 @@ OPTIONS = {
 # Options that are vLLM engine arguments tuneforge's recipe does not carry: set on the engine's plan
 ENGINE_ARGS = {
     "mp": {"distributed_executor_backend": "mp"},  # the model runner in its own process, off the engine loop
-    "tritonattn": {"attention_backend": "TRITON_ATTN"},  # no per-step host work to build attention metadata
     "fa2": {"attention_config": {"flash_attn_version": 2}},  # FA3's per-step scheduler metadata skipped
     "nostats": {"disable_log_stats": True},
     "noprefix": {"enable_prefix_caching": False},

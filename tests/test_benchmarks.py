@@ -167,8 +167,12 @@ def test_latency_profile_engine_options_reach_vllms_engine_arguments(tiny_model_
     assert lp.variant_environment("mp+spin") == {"VLLM_USE_SPINLOOP_EXT": "1"}
     plan = VLLMEngine.prepare(str(tiny_model_dir), InferenceConfig(), enable_lora=False)
     assert lp.with_engine_args(plan, "default") is plan
-    changed = lp.with_engine_args(plan, "mp+fa2+tritonattn+nostats+noprefix").engine_args
-    assert changed.distributed_executor_backend == "mp" and changed.attention_backend == "TRITON_ATTN"
+    assert lp.variant_settings("latency+flashattn", 4) == {
+        "profile": "latency",
+        "attention_backend": "FLASH_ATTN",
+    }
+    changed = lp.with_engine_args(plan, "mp+fa2+nostats+noprefix").engine_args
+    assert changed.distributed_executor_backend == "mp"
     assert changed.attention_config.flash_attn_version == 2  # a dict becomes vLLM's AttentionConfig
     assert changed.disable_log_stats is True and changed.enable_prefix_caching is False
     assert changed.model == plan.engine_args.model and plan.engine_args.distributed_executor_backend != "mp"

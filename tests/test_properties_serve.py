@@ -43,6 +43,7 @@ SLOW_OK = settings(
     step_tokens=st.none() | st.integers(1, 65536),
     backend=st.sampled_from(["auto", "marlin", "machete"]),
     interval=st.integers(1, 64),
+    attention=st.sampled_from(["auto", "FLASH_ATTN", "TRITON_ATTN", "CPU_ATTN"]),
 )
 def test_vllm_configuration_applied(
     tiny_shapes,
@@ -61,6 +62,7 @@ def test_vllm_configuration_applied(
     step_tokens,
     backend,
     interval,
+    attention,
 ):
     pytest.importorskip("vllm")
     from tuneforge.engines.vllm_engine import CPU_KV_CACHE_GB, build_engine_args
@@ -80,6 +82,7 @@ def test_vllm_configuration_applied(
         max_num_batched_tokens=step_tokens,
         linear_backend=backend,
         stream_interval=interval,
+        attention_backend=attention,
     )
     path = str(tiny_shapes[64])
     args = build_engine_args(path, cfg, enable_lora=lora, cpu=cpu)
@@ -99,6 +102,7 @@ def test_vllm_configuration_applied(
     assert args.max_num_seqs == seqs and args.max_num_batched_tokens == step_tokens
     assert args.linear_backend == backend  # "auto" is vLLM's own default
     assert args.stream_interval == interval  # 1, vLLM's default, streams every token
+    assert args.attention_backend == (None if attention == "auto" else attention)  # None: vLLM's choice
     if spec is None:
         assert args.speculative_config is None
     else:  # the GPU proposer on CUDA, numba's on CPU; drafts from the prompt

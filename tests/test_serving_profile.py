@@ -29,6 +29,9 @@ def test_latency_profile_uses_fp8_weights_only_where_the_gpu_has_fp8_tensor_core
     planned, reasons = plan_inference(InferenceConfig(profile="latency"), device)
     assert planned.quantization == ("fp8" if fp8 else None)
     assert planned.speculative is None and planned.kv_cache_dtype == "auto"  # measured: no gain
+    # on any CUDA GPU: Triton attention (no per-step metadata on the host); on CPU vLLM's own
+    assert planned.attention_backend == ("auto" if device is CPU else "TRITON_ATTN")
+    assert any(r.startswith("attention: vLLM's Triton") for r in reasons) is (device is not CPU)
     assert any(r.startswith("speculative decoding: off") for r in reasons)
     weights = next(r for r in reasons if r.startswith("weights"))
     assert ("FP8" in weights) and (device.name in weights or device is CPU)
@@ -43,14 +46,16 @@ def test_latency_profile_uses_fp8_weights_only_where_the_gpu_has_fp8_tensor_core
     cap=st.none() | st.tuples(st.integers(7, 10), st.integers(0, 9)),
     backend=st.sampled_from(["auto", "machete", "triton"]),
     stored=st.none() | st.sampled_from(["gptq", "awq", "compressed-tensors", "fp8"]),
+    attention=st.sampled_from(["auto", "FLASH_ATTN", "FLASHINFER"]),
 )
-def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap, backend, stored):
+def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap, backend, stored, attention):
     cfg = InferenceConfig(
         profile="latency",
         quantization=quant,
         speculative=None if spec is None else "ngram",
         speculative_tokens=spec or 4,
         linear_backend=backend,
+        attention_backend=attention,
     )
     planned, reasons = plan_inference(cfg, Device(cap, "gpu") if cap else CPU, stored)
     if quant is not None or stored is not None:  # the recipe's, or the checkpoint's own: never FP8 on top
@@ -61,7 +66,10 @@ def test_latency_profile_never_overrides_what_the_recipe_sets(quant, spec, cap, 
     assert planned.speculative_tokens == (spec or 4)
     gptq_awq = (quant or stored) in ("gptq", "awq") and cap is not None and cap >= (8, 0)
     assert planned.linear_backend == ("marlin" if gptq_awq and backend == "auto" else backend)
-    assert len(reasons) == 2 + gptq_awq  # one per choice: weights, (GPTQ/AWQ kernels,) speculative decoding
+    gpu = cap is not None
+    assert planned.attention_backend == ("TRITON_ATTN" if gpu and attention == "auto" else attention)
+    # one reason per choice: weights, (GPTQ/AWQ kernels,) (attention, on a GPU,) speculative decoding
+    assert len(reasons) == 2 + gptq_awq + gpu
     assert planned.profile == "latency" and planned.dtype == cfg.dtype
 
 
@@ -83,6 +91,7 @@ def test_a_gptq_checkpoint_keeps_its_weights_and_gets_marlin_kernels_on_a_gpu(de
         ("kv_cache_dtype", "fp9", "fp8"),
         ("speculative", "ngrams", "ngram"),
         ("linear_backend", "marlim", "marlin"),
+        ("attention_backend", "TRITON_ATN", "TRITON_ATTN"),
     ],
 )
 def test_bad_serving_options_are_named_with_a_suggestion(key, value, hint):
@@ -103,6 +112,10 @@ def test_speculative_tokens_must_be_in_range():
         ({"speculative": "ngram"}, "inference.speculative=ngram needs the vLLM engine"),
         ({"linear_backend": "marlin"}, "inference.linear_backend=marlin needs the vLLM engine"),
         ({"stream_interval": 8}, "inference.stream_interval=8 needs the vLLM engine"),
+        (
+            {"attention_backend": "TRITON_ATTN"},
+            "inference.attention_backend=TRITON_ATTN needs the vLLM engine",
+        ),
     ],
 )
 def test_the_transformers_engine_refuses_vllm_only_options_before_loading(setting, message):

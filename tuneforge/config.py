@@ -33,6 +33,7 @@ def _check(name: str, ok: bool, requirement: str, value: Any) -> None:
 
 
 # vLLM's --linear-backend values (0.26 on CUDA, 0.32 on CPU: the same list but for 0.32's b12x)
+ATTENTION_BACKENDS = ("auto", "FLASH_ATTN", "TRITON_ATTN", "FLASHINFER", "FLEX_ATTENTION", "CPU_ATTN")
 LINEAR_BACKENDS = (
     "auto", "cutlass", "flashinfer_cutlass", "flashinfer_cutedsl", "flashinfer_trtllm", "flashinfer_cudnn",
     "flashinfer_b12x", "marlin", "humming", "triton", "deep_gemm", "torch", "aiter", "machete", "fbgemm",
@@ -348,6 +349,8 @@ class InferenceConfig:
     """Tokens drafted per step when speculative is set."""
     linear_backend: str = "auto"
     """vLLM's kernels for quantized layers: auto (vLLM's choice), marlin, machete, cutlass, triton..."""
+    attention_backend: str = "auto"
+    """vLLM's attention kernels: auto (vLLM's choice), FLASH_ATTN, TRITON_ATTN, FLASHINFER, FLEX_ATTENTION."""
     max_num_seqs: int | None = None
     """Requests vLLM runs at once; None: vllm serve's default for the device (1024 on an H100/H200)."""
     max_num_batched_tokens: int | None = None
@@ -360,6 +363,7 @@ class InferenceConfig:
         _check_choice("profile", self.profile, ("throughput", "latency"))
         _check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto", "fp8"))
         _check_choice("linear_backend", self.linear_backend, LINEAR_BACKENDS)
+        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         if self.speculative is not None:
             _check_choice("speculative", self.speculative, ("ngram",))
         _check(

@@ -62,6 +62,7 @@ def start_engine(
     vllm_only = {"quantization": cfg.quantization == "fp8", "kv_cache_dtype": cfg.kv_cache_dtype != "auto",
                  "speculative": cfg.speculative is not None,
                  "linear_backend": cfg.linear_backend != "auto",
+                 "attention_backend": cfg.attention_backend != "auto",
                  "stream_interval": cfg.stream_interval != 1}  # fmt: skip
     for key, set_ in vllm_only.items():
         if set_:

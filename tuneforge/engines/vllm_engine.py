@@ -137,6 +137,8 @@ def build_engine_args(
         kwargs["stream_interval"] = cfg.stream_interval
     if cfg.linear_backend != "auto":
         kwargs["linear_backend"] = cfg.linear_backend
+    if cfg.attention_backend != "auto":
+        kwargs["attention_backend"] = cfg.attention_backend
     if cfg.kv_cache_dtype != "auto":
         kwargs["kv_cache_dtype"] = cfg.kv_cache_dtype
     if cfg.speculative == "ngram":
@@ -393,6 +395,7 @@ class VLLMEngine:
     def describe(self) -> dict:
         """The settings the running engine actually uses (read back from vLLM, not from our config)."""
         c = self.llm.vllm_config
+        attention = c.attention_config.backend  # None: vLLM picks per layer when the model loads
         return {
             "kind": "vllm",
             "device": str(c.device_config.device),
@@ -406,6 +409,7 @@ class VLLMEngine:
             "max_lora_rank": c.lora_config.max_lora_rank if c.lora_config else None,
             "max_loras": c.lora_config.max_loras if c.lora_config else None,
             "kv_cache_dtype": c.cache_config.cache_dtype,
+            "attention_backend": attention.name if attention is not None else "auto",
             "speculative": c.speculative_config.method if c.speculative_config else None,
             "speculative_tokens": c.speculative_config.num_speculative_tokens
             if c.speculative_config
