@@ -4,8 +4,10 @@ Each variant starts `VLLMEngine` (as `tuneforge serve` runs it) in its own child
 inference.* settings, then answers one request at a time (batch 1):
 
 - synthetic (default): a prompt of --prompt-len tokens and exactly --output-len new tokens (ignore_eos),
-  --repeats times: end-to-end seconds per answer and milliseconds per output token. With random weights
-  (--load-format dummy) this is the 7B latency target's setup; speculative decoding cannot be judged here.
+  --repeats times: end-to-end seconds per answer and milliseconds per output token (and the first
+  request's time to first token after the engine started: what kernels compiled on first use cost). With
+  random weights (--load-format dummy) this is the 7B latency target's setup; speculative decoding cannot be
+  judged here.
 - --recipe (and --adapter): the recipe's test cases answered one by one with its sampling, scored with its
   metrics, so each option's accuracy cost and speculative decoding's acceptance rate show on real text.
 
@@ -212,11 +214,13 @@ def child(args, variant: str) -> None:
         sampling = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
         ids = list(range(1000, 1000 + args.prompt_len))  # distinct tokens: no accidental n-gram matches
         prompts = [engine.tokenizer.decode(ids)] * args.repeats
-    for prompt in prompts[:2]:  # warm-up: first requests compile kernels
-        engine.run_sync(one_answer(engine, prompt, SamplingParams(temperature=0.0, max_tokens=16), adapter))
+    warm = SamplingParams(temperature=0.0, max_tokens=16)
+    # warm-up: the first requests compile what the engine's start did not (a user's first request would)
+    first = [engine.run_sync(one_answer(engine, prompt, warm, adapter)) for prompt in prompts[:2]]
     before = spec_decode_counts()
     answers = [engine.run_sync(one_answer(engine, p, sampling, adapter)) for p in prompts]
-    result = {"variant": variant, **summary(answers), **acceptance(before, spec_decode_counts())}
+    result = {"variant": variant, **summary(answers), **acceptance(before, spec_decode_counts()),
+              "first_request_ttft_ms": round(first[0]["ttft"] * 1000, 1)}  # fmt: skip
     if cases:
         metrics = {name: resolve_metric(name) for name in recipe.eval.metrics}
         scored = [
@@ -262,18 +266,20 @@ def agreement(a: list[str] | None, b: list[str] | None) -> float | None:
 
 def print_table(rows: list[dict]) -> None:
     ref = rows[0]
-    print(f"{'variant':<16} {'start s':>8} {'s/answer':>9} {'ms/token':>9} {'TTFT ms':>8} {'tok/s':>8} "
-          f"{'vs first':>8} {'accept':>7} {'same':>5}  metrics")  # fmt: skip
+    print(f"{'variant':<16} {'start s':>8} {'s/answer':>9} {'ms/token':>9} {'TTFT ms':>8} {'1st TTFT':>9} "
+          f"{'tok/s':>8} {'vs first':>8} {'accept':>7} {'same':>5}  metrics")  # fmt: skip
     for r in rows:
         if "tok_s" not in r:
             print(f"{r['variant']:<16} failed (rc {r['rc']}): {(r.get('last_lines') or [''])[-1][:100]}")
             continue
         speed = ref.get("seconds_p50") and r["seconds_p50"] and ref["seconds_p50"] / r["seconds_p50"]
         same = agreement(ref.get("outputs"), r.get("outputs"))
+        first = r.get("first_request_ttft_ms") or 0
         metrics = " ".join(f"{k}={v:.3f}" for k, v in (r.get("metrics") or {}).items() if v is not None)
         print(
             f"{r['variant']:<16} {r['start_s'] or 0:>8.1f} {r['seconds_p50']:>9.3f} "
-            f"{r['ms_per_token_p50']:>9.2f} {r['ttft_ms_p50']:>8.1f} {r['tok_s']:>8.1f} {speed or 0:>7.2f}x "
+            f"{r['ms_per_token_p50']:>9.2f} {r['ttft_ms_p50']:>8.1f} {first:>9.1f} {r['tok_s']:>8.1f} "
+            f"{speed or 0:>7.2f}x "
             f"{r.get('acceptance_rate', '-'):>7} {same if same is not None else '-':>5}  {metrics}"
         )
 

