@@ -32,8 +32,9 @@ def _check(name: str, ok: bool, requirement: str, value: Any) -> None:
         raise ConfigError(f"{name}: must be {requirement}, got {value!r}")
 
 
-# vLLM's --linear-backend values (0.26 on CUDA, 0.32 on CPU: the same list but for 0.32's b12x)
+# vLLM's attention backends for decoder models (AttentionBackendEnum names, 0.26 on CUDA and 0.32 on CPU)
 ATTENTION_BACKENDS = ("auto", "FLASH_ATTN", "TRITON_ATTN", "FLASHINFER", "FLEX_ATTENTION", "CPU_ATTN")
+# vLLM's --linear-backend values (0.26 on CUDA, 0.32 on CPU: the same list but for 0.32's b12x)
 LINEAR_BACKENDS = (
     "auto", "cutlass", "flashinfer_cutlass", "flashinfer_cutedsl", "flashinfer_trtllm", "flashinfer_cudnn",
     "flashinfer_b12x", "marlin", "humming", "triton", "deep_gemm", "torch", "aiter", "machete", "fbgemm",
