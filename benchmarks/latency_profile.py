@@ -86,11 +86,16 @@ GPTQ4 = {
 }  # fmt: skip
 
 
-def variant_engine_args(variant: str) -> dict:
+def _merged(table: dict[str, dict], variant: str) -> dict:
+    """What the variant's options ('+'-joined) list in `table`, later options winning."""
     out: dict = {}
     for part in variant.split("+"):
-        out.update(ENGINE_ARGS.get(part, {}))
+        out.update(table.get(part, {}))
     return out
+
+
+def variant_engine_args(variant: str) -> dict:
+    return _merged(ENGINE_ARGS, variant)
 
 
 def with_engine_args(plan, variant: str):
@@ -101,10 +106,7 @@ def with_engine_args(plan, variant: str):
 
 
 def variant_environment(variant: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for part in variant.split("+"):
-        env.update(ENVIRONMENT.get(part, {}))
-    return env
+    return _merged(ENVIRONMENT, variant)
 
 
 def gptq4_folder(model: str, into: Path) -> Path:
