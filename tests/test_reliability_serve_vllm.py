@@ -240,6 +240,8 @@ def test_killing_the_engine_process_under_load_ends_streams_then_the_server_rest
     )
     ready = httpx.get(base + "/ready").json()
     assert ready["models"] == models and ready["restarts"] == 1 and ready["restarts_left"] == 0
+    warmups = [line for line in server["log"].read_text().splitlines() if "warm-up: " in line]
+    assert len(warmups) == 2, warmups  # a first generation before ready, at the start and after the restart
     assert {m: generate(server, m).json()["text"] for m in models} == answers  # adapters reloaded
     text = metrics(server)
     assert 'tuneforge_engine_restarts_total{outcome="ok"} 1.0' in text

@@ -1,8 +1,8 @@
 """`inference.profile`: what `tuneforge serve --profile latency` turns on, and why. Imports no torch.
 
 The throughput profile (the default) serves the recipe's settings as they are. The latency profile fills
-in what the recipe leaves unset with what measured fastest for one stream without changing answers
-(benchmarks/latency_profile.py; benchmarks/RESULTS.md, "latency_profile", H200):
+in what the recipe leaves unset with what measured fastest for one stream without lowering the demo task's
+metrics (benchmarks/latency_profile.py; benchmarks/RESULTS.md, "latency_profile", H200):
 
 - FP8 weights by online quantization, on GPUs with FP8 tensor cores (compute capability 8.9+: Ada,
   Hopper, Blackwell): decoding one stream reads every weight once per token, and FP8 halves the bytes.
@@ -13,12 +13,14 @@ in what the recipe leaves unset with what measured fastest for one stream withou
   kernels for one stream: on the H200 vLLM would pick Machete, and the 7B shape's 512 tokens took 1.86 s
   with Machete against 1.58 s with Marlin (1.17x).
 
-- On any CUDA GPU, vLLM's Triton attention (`inference.attention_backend=TRITON_ATTN`) instead of its
-  FlashAttention 3 choice on Hopper: FA3 builds scheduler metadata on the host at every decode step, and
-  at batch 1 the GPU waits for the host. 4-bit 7B shape on the H200: 2.93 against 3.07 ms per token,
-  1.52 s against 1.58 s for 512 tokens (1.04x); its prefill is slower (first token 20 against 12 ms
-  after 128 prompt tokens), so it pays off beyond some 60 new tokens. Measured on random weights only:
-  its answers on the demo task are not yet compared with FlashAttention's.
+- On a CUDA GPU and a model of hidden size 4096 or more (the 7B class), vLLM's Triton attention
+  (`inference.attention_backend=TRITON_ATTN`) instead of its FlashAttention 3 choice on Hopper: FA3 builds
+  scheduler metadata on the host at every decode step, and at batch 1 the GPU waits for the host. 4-bit
+  7B shape on the H200, one run: 2.92 against 3.08 ms per token, 1.51 s against 1.59 s for 512 tokens
+  (1.05x); its prefill is slower (first token 19 against 16 ms after 128 prompt tokens). On the 135M
+  embedded model (hidden size 576) it was slower per token (2.11 against 1.80 ms, 0.88x), so smaller
+  models keep vLLM's choice. On the demo task (135M, real weights, greedy) 35 of 50 answers were
+  identical to FlashAttention's and the metrics unchanged within noise: its sums round differently.
 
 What it leaves off, measured: n-gram speculative decoding (`inference.speculative=ngram`, prompt lookup).
 On the demo task through the adapter on the H200 (vLLM 0.26's GPU proposer) 0.6% of drafted tokens were
@@ -37,6 +39,7 @@ from tuneforge.config import InferenceConfig
 FP8_CAPABILITY = (8, 9)
 MARLIN_CAPABILITY = (8, 0)
 MARLIN_METHODS = ("gptq", "awq", "gptq_marlin", "awq_marlin")
+TRITON_MIN_HIDDEN = 4096  # Triton attention measured faster for the 7B shape, slower for the 135M model
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,22 @@ class Device:
     name: str = "cpu"
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the profile reads from the model's config.json: its own quantization method and hidden size
+    (None where the file does not say)."""
+
+    quantization: str | None = None
+    hidden_size: int | None = None
+
+
 def plan_inference(
-    cfg: InferenceConfig, device: Device, stored: str | None = None
+    cfg: InferenceConfig, device: Device, checkpoint: Checkpoint = Checkpoint()
 ) -> tuple[InferenceConfig, list[str]]:
-    """The settings to serve with and one reason per choice the profile made (none for throughput);
-    `stored`: the checkpoint's own quantization method (its config.json), if it has one."""
+    """The settings to serve with and one reason per choice the profile made (none for throughput)."""
     if cfg.profile != "latency":
         return cfg, []
+    stored = checkpoint.quantization
     changes: dict = {}
     reasons: list[str] = []
     if cfg.quantization is not None:
@@ -80,16 +92,7 @@ def plan_inference(
         else:
             reasons.append(f"GPTQ/AWQ kernels: linear_backend={cfg.linear_backend} as the recipe sets it")
     if device.capability is not None:
-        if cfg.attention_backend == "auto":
-            changes["attention_backend"] = "TRITON_ATTN"
-            reasons.append(
-                "attention: vLLM's Triton kernels, which build no per-step metadata on the host: 1.04x "
-                "FlashAttention 3 for a 512-token answer on an H200, but a slower prefill (first token 20 "
-                "against 12 ms after 128 prompt tokens); for short answers to long prompts set "
-                "inference.attention_backend=FLASH_ATTN"
-            )
-        else:
-            reasons.append(f"attention: attention_backend={cfg.attention_backend} as the recipe sets it")
+        reasons.append(attention_reason(cfg, checkpoint.hidden_size, changes))
     if cfg.speculative is None:
         reasons.append(
             "speculative decoding: off (n-gram drafts are rarely accepted unless answers repeat the prompt "
@@ -98,3 +101,22 @@ def plan_inference(
     else:
         reasons.append(f"speculative decoding: {cfg.speculative} as the recipe sets it")
     return replace(cfg, **changes), reasons
+
+
+def attention_reason(cfg: InferenceConfig, hidden_size: int | None, changes: dict) -> str:
+    """On a CUDA GPU: Triton attention for the 7B class and up (into `changes`), vLLM's choice below it."""
+    if cfg.attention_backend != "auto":
+        return f"attention: attention_backend={cfg.attention_backend} as the recipe sets it"
+    if hidden_size is None or hidden_size < TRITON_MIN_HIDDEN:
+        size = "unknown" if hidden_size is None else str(hidden_size)
+        return (
+            f"attention: vLLM's choice (hidden size {size}); Triton attention measured faster only from "
+            f"hidden size {TRITON_MIN_HIDDEN} (on an H200 the 135M model, hidden size 576, ran 0.88x with it)"
+        )
+    changes["attention_backend"] = "TRITON_ATTN"
+    return (
+        "attention: vLLM's Triton kernels, which build no per-step metadata on the host: 1.05x "
+        "FlashAttention 3 for a 7B model's 512-token answer on an H200, but a slower prefill (first token "
+        "19 against 16 ms after 128 prompt tokens); for short answers to long prompts set "
+        "inference.attention_backend=FLASH_ATTN"
+    )

@@ -270,6 +270,10 @@ class TransformersEngine:
         }
 
     # -- life ----------------------------------------------------------------------------------------
+    async def warm_up(self) -> float:
+        """Nothing to do: PyTorch's eager kernels compile nothing on a first request."""
+        return 0.0
+
     def is_healthy(self) -> bool:
         return True
 

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -32,10 +33,11 @@ from tuneforge.engines.base import (
     check_context,
 )
 from tuneforge.engines.lora_slots import DUAL_STREAM_ENV, TUNED_ENV, kernel_config_env, lora_slots
-from tuneforge.engines.serving_profile import Device, plan_inference
+from tuneforge.engines.serving_profile import Checkpoint, Device, plan_inference
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_GB = 1.0
+WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
 DEAD = "the vLLM engine process stopped (the server log has its last words)"
 
 
@@ -73,14 +75,20 @@ def this_device() -> Device:
     return Device(torch.cuda.get_device_capability(0), torch.cuda.get_device_name(0))
 
 
-def stored_quantization(model_path: str) -> str | None:
-    """The quantization method a checkpoint folder was saved with (its config.json), or None."""
+def read_checkpoint(model_path: str) -> Checkpoint:
+    """What the serving profile needs from a checkpoint folder's config.json: the quantization method it
+    was saved with and its hidden size (a multimodal model's from its text_config); unknowns are None."""
     try:
         config = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    quant = config.get("quantization_config") if isinstance(config, dict) else None
-    return str(quant.get("quant_method")) if isinstance(quant, dict) and quant.get("quant_method") else None
+        return Checkpoint()
+    if not isinstance(config, dict):
+        return Checkpoint()
+    quant = config.get("quantization_config")
+    method = str(quant["quant_method"]) if isinstance(quant, dict) and quant.get("quant_method") else None
+    text = config.get("text_config")
+    hidden = config.get("hidden_size", text.get("hidden_size") if isinstance(text, dict) else None)
+    return Checkpoint(method, hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else None)
 
 
 def serving_dtype(dtype: str, cpu: bool) -> str:
@@ -231,7 +239,7 @@ class VLLMEngine:
 
         ref = resolve_model(reference, cache_dir)
         revision = revision if ref.kind == "hub" else None  # a local folder has no revisions
-        cfg, reasons = plan_inference(cfg, this_device(), stored_quantization(ref.path))
+        cfg, reasons = plan_inference(cfg, this_device(), read_checkpoint(ref.path))
         for reason in reasons:
             log.info("profile %s: %s", cfg.profile, reason)
         args = build_engine_args(
@@ -418,6 +426,18 @@ class VLLMEngine:
         }
 
     # -- life ----------------------------------------------------------------------------------------
+    async def warm_up(self) -> float:
+        """A prefill and two decode steps through the base model: vLLM's start compiles and captures the
+        decode path, but some kernels compile on a real request's prefill (Triton attention: the first
+        request after start waited 0.45 s for its first token on an H200, later ones 19 ms)."""
+        if self.count_tokens(WARMUP_PROMPT) + 2 > self.max_model_len:  # the first request pays instead
+            return 0.0
+        t0 = time.perf_counter()
+        sampling = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+        async for _ in self.stream(WARMUP_PROMPT, sampling):
+            pass
+        return time.perf_counter() - t0
+
     def is_healthy(self) -> bool:
         return not self.llm.errored
 

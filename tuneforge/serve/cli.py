@@ -65,6 +65,14 @@ def register(sub, fmt) -> None:
         help="HTTP processes over one vLLM engine, each on its own core, for many concurrent streams "
         "(as vllm serve --api-server-count; default 1). Adapters come from --adapter only",
     )
+    p.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        default=None,
+        help="report ready without first generating a few tokens (by default the first client does not "
+        "wait for kernels vLLM compiles on first use)",
+    )
     p.add_argument("--cache-dir", help="cache folder for the embedded default")
     p.set_defaults(func=cmd_serve)
 
@@ -117,6 +125,7 @@ def settings_from_args(args: argparse.Namespace):
         request_timeout_s=args.request_timeout_s,
         engine_restarts=args.engine_restarts,
         api_processes=getattr(args, "api_processes", None),
+        warmup=getattr(args, "warmup", None),
         inference=inference,
         sampling=recipe.sampling,
         cache_dir=args.cache_dir or recipe.model.cache_dir,

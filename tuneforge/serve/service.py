@@ -184,8 +184,9 @@ class GenerationService:
         self._set_phase("dead")
 
     async def _launch(self, adapters: dict[str, str], strict: bool):
-        """A started engine with `adapters` loaded. `strict` (the first start) fails on an adapter that
-        cannot be loaded; a restart serves the others and reports it (`not_reloaded`)."""
+        """A started engine with `adapters` loaded, warmed up (settings.warmup). `strict` (the first start)
+        fails on an adapter that cannot be loaded; a restart serves the others and reports it
+        (`not_reloaded`)."""
         engine = await asyncio.to_thread(self._factory, self.settings)
         try:
             for name, path in adapters.items():
@@ -196,6 +197,9 @@ class GenerationService:
                         raise
                     log.error("adapter %s not reloaded after the restart: %s", name, e)
                     self.not_reloaded[name] = str(e)
+            if self.settings.warmup:
+                seconds = await self._engine_call(engine, engine.warm_up())
+                log.info("warm-up: %.2f s for a first generation (kernels compiled on first use)", seconds)
         except BaseException:
             await self._release(engine)
             raise

@@ -46,6 +46,9 @@ class ServeSettings(BaseSettings):
     """HTTP processes over one vLLM engine (as `vllm serve --api-server-count`): each parses requests and
     streams on its own core. With more than 1, max_pending is shared out among them, adapters come only
     from `adapters`, and the server exits when the engine stops (a supervisor restarts it)."""
+    warmup: bool = True
+    """Generate a few tokens after the engine starts and before /ready says ready, so that the first client
+    does not pay for kernels vLLM compiles on first use (Triton attention: about 0.45 s on an H200)."""
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     """Engine settings (see `tuneforge config keys`, section inference)."""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
