@@ -89,6 +89,9 @@ class StepEngine:
     def describe(self) -> dict:
         return {"kind": "step", "max_model_len": self.max_model_len, "step_ms": self.step_s * 1000}
 
+    async def warm_up(self) -> float:
+        return 0.0  # nothing compiles: its tokens are simulated
+
     def is_healthy(self) -> bool:
         return True
 
