@@ -4,8 +4,9 @@ Each variant starts `VLLMEngine` (as `tuneforge serve` runs it) in its own child
 inference.* settings, then answers one request at a time (batch 1):
 
 - synthetic (default): a prompt of --prompt-len tokens and exactly --output-len new tokens (ignore_eos),
-  --repeats times: end-to-end seconds per answer and milliseconds per output token (and the first
-  request's time to first token after the engine started: what kernels compiled on first use cost). With
+  --repeats times: end-to-end seconds per answer and milliseconds per output token (and, after the engine
+  starts, tuneforge serve's warm-up in seconds, then the first request's time to first token: what kernels
+  compiled on first use cost, and whether the warm-up left any of it to a first client). With
   random weights (--load-format dummy) this is the 7B latency target's setup; speculative decoding cannot be
   judged here.
 - --recipe (and --adapter): the recipe's test cases answered one by one with its sampling, scored with its

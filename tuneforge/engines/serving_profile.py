@@ -92,7 +92,10 @@ def plan_inference(
         else:
             reasons.append(f"GPTQ/AWQ kernels: linear_backend={cfg.linear_backend} as the recipe sets it")
     if device.capability is not None:
-        reasons.append(attention_reason(cfg, checkpoint.hidden_size, changes))
+        backend, reason = attention_choice(cfg, checkpoint.hidden_size)
+        if backend != cfg.attention_backend:
+            changes["attention_backend"] = backend
+        reasons.append(reason)
     if cfg.speculative is None:
         reasons.append(
             "speculative decoding: off (n-gram drafts are rarely accepted unless answers repeat the prompt "
@@ -103,18 +106,20 @@ def plan_inference(
     return replace(cfg, **changes), reasons
 
 
-def attention_reason(cfg: InferenceConfig, hidden_size: int | None, changes: dict) -> str:
-    """On a CUDA GPU: Triton attention for the 7B class and up (into `changes`), vLLM's choice below it."""
+def attention_choice(cfg: InferenceConfig, hidden_size: int | None) -> tuple[str, str]:
+    """On a CUDA GPU, the attention backend and why: Triton for the 7B class and up, vLLM's choice below."""
     if cfg.attention_backend != "auto":
-        return f"attention: attention_backend={cfg.attention_backend} as the recipe sets it"
+        return (
+            cfg.attention_backend,
+            f"attention: attention_backend={cfg.attention_backend} as the recipe sets it",
+        )
     if hidden_size is None or hidden_size < TRITON_MIN_HIDDEN:
         size = "unknown" if hidden_size is None else str(hidden_size)
-        return (
+        return "auto", (
             f"attention: vLLM's choice (hidden size {size}); Triton attention measured faster only from "
             f"hidden size {TRITON_MIN_HIDDEN} (on an H200 the 135M model, hidden size 576, ran 0.88x with it)"
         )
-    changes["attention_backend"] = "TRITON_ATTN"
-    return (
+    return "TRITON_ATTN", (
         "attention: vLLM's Triton kernels, which build no per-step metadata on the host: 1.05x "
         "FlashAttention 3 for a 7B model's 512-token answer on an H200, but a slower prefill (first token "
         "19 against 16 ms after 128 prompt tokens); for short answers to long prompts set "
